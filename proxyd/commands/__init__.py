@@ -1,0 +1,1 @@
+"""Sub-commands of ``proxyd``; each module has ``register(subparsers)``."""
