@@ -1,0 +1,1 @@
+"""proxyd's tests; a package so that ``from tests.builders import ...`` works."""
