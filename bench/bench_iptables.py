@@ -1,0 +1,172 @@
+"""iptables backend at scale: 10,000 services x 10 endpoints, nft and legacy.
+
+For each variant, in a fresh network namespace (prefix ``pxi-``, root needed):
+
+- ``plain_restore_s``: ``iptables-restore --noflush`` of the exact payload proxyd's first
+  sync writes, fed from memory into emptied tables — the floor (mean of one run before
+  and one after proxyd's, the kernel being slower on a table that held rules before);
+- ``full_sync_s``: ``IptablesBackend.sync(plan, full=True)`` into the emptied namespace:
+  reading the tables, rendering and the same restore; ``ratio`` = full / plain (goal ≤ 1.3);
+- ``change_s``: median (and max) of partial syncs that move one endpoint of one service
+  (goal ≤ 50 ms); ``change_floor_s``: a bare restore writing one rule at that table size
+  (what any change costs the kernel and the tool); ``render_s``: the Python rendering alone.
+
+One JSON line per variant::
+
+    python bench/bench_iptables.py [--services 10000] [--endpoints 10] [--variants nft legacy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from proxyd.backends.commands_runner import CompletedRun, SubprocessRunner
+from proxyd.backends.iptables import IptablesBackend, Variant, tool
+from proxyd.backends.iptables_render import JUMPS, RenderOptions, render
+from proxyd.model import (
+    Endpoint,
+    IPFamily,
+    NodePlan,
+    Protocol,
+    ServicePlan,
+    ServicePort,
+    ServicePortKey,
+    ServiceRef,
+)
+
+OPTIONS = RenderOptions(cluster_cidrs=("10.128.0.0/9",))
+V4 = IPFamily.IPV4
+
+
+def _ip(n: int) -> str:
+    return f"10.{128 + n // 65536}.{n // 256 % 256}.{n % 256}"
+
+
+def build_plan(services: int, endpoints: int) -> NodePlan:
+    plans = []
+    for i in range(services):
+        key = ServicePortKey(ServiceRef("bench", f"svc-{i:05d}"), "http", Protocol.TCP)
+        eps = tuple(Endpoint(ip=_ip(i * endpoints + j), port=8080) for j in range(endpoints))
+        port = ServicePort(key=key, port=80, cluster_ips=(f"10.96.{i // 256}.{i % 256}",))
+        plans.append(ServicePlan(port=port, internal=eps, external=eps, mode="none"))
+    return NodePlan(node="bench", services=tuple(plans))
+
+
+def move_one_endpoint(plan: NodePlan, index: int, step: int) -> NodePlan:
+    """``plan`` with service ``index`` moving its last endpoint to a new address (the other
+    ServicePlan objects stay the same, as the planner hands them back)."""
+    services = list(plan.services)
+    sp = services[index]
+    moved = (*sp.internal[:-1], Endpoint(ip=f"10.127.{step // 256}.{step % 256}", port=8080))
+    services[index] = replace(sp, internal=moved, external=moved)
+    return replace(plan, services=tuple(services))
+
+
+@dataclass
+class _Recorder:
+    inner: SubprocessRunner
+    payloads: list[str] = field(default_factory=list)
+
+    def run(self, argv: Sequence[str], stdin: bytes = b"") -> CompletedRun:
+        if argv[0].endswith("-restore"):
+            self.payloads.append(stdin.decode())
+        return self.inner.run(argv, stdin)
+
+
+def measure(variant: Variant, services: int, endpoints: int, changes: int) -> dict[str, object]:
+    """Runs inside the benchmark namespace."""
+    plan = build_plan(services, endpoints)
+    start = time.perf_counter()
+    text = render(plan, V4, OPTIONS, jumps=JUMPS, nft=variant is Variant.NFT).text
+    render_s = time.perf_counter() - start
+
+    restore = [tool(variant, V4, "restore"), "-w", "5", "--noflush"]
+    empty = b"*filter\nCOMMIT\n*nat\nCOMMIT\n"  # without --noflush: flush and delete all
+
+    def plain() -> float:
+        """The same restore, same plumbing, into emptied tables."""
+        subprocess.run([tool(variant, V4, "restore")], input=empty, check=True)
+        start = time.perf_counter()
+        assert SubprocessRunner().run(restore, text.encode()).ok
+        elapsed = time.perf_counter() - start
+        subprocess.run([tool(variant, V4, "restore")], input=empty, check=True)
+        return elapsed
+
+    plain_before = plain()
+
+    runner = _Recorder(SubprocessRunner())
+    backend = IptablesBackend(runner, variant, options=OPTIONS, families=(V4,))
+    start = time.perf_counter()
+    result = backend.sync(plan, full=True)
+    full_s = time.perf_counter() - start
+    assert result.ok, result.error
+    assert runner.payloads == [text], "the first sync wrote something else"
+
+    # The floor for a change: a restore writing one jump rule at this table size (the
+    # kernel re-validates the whole nft table on each commit; legacy rewrites the blob).
+    floor = b"*nat\n:PROXYD-BENCH - [0:0]\n-A PROXYD-BENCH -j PROXYD-MARK-MASQ\nCOMMIT\n"
+    floors = []
+    for _ in range(3):
+        start = time.perf_counter()
+        subprocess.run(restore, input=floor, check=True)
+        floors.append(time.perf_counter() - start)
+
+    times = []
+    for step in range(changes):
+        plan = move_one_endpoint(plan, (step * 7919) % services, step)
+        start = time.perf_counter()
+        result = backend.sync(plan, full=False)
+        times.append(time.perf_counter() - start)
+        assert result.ok and not result.full and len(result.written) == 1, result
+    plain_s = (plain_before + plain()) / 2  # one run before the syncs, one after
+    return {
+        "variant": str(variant),
+        "services": services,
+        "endpoints": endpoints,
+        "rules": sum(result.rules.values()),
+        "payload_mb": round(len(text) / 1e6, 1),
+        "render_s": round(render_s, 3),
+        "plain_restore_s": round(plain_s, 3),
+        "full_sync_s": round(full_s, 3),
+        "ratio": round(full_s / plain_s, 3),
+        "change_s": round(statistics.median(times), 4),
+        "change_max_s": round(max(times), 4),
+        "change_floor_s": round(statistics.median(floors), 4),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--services", type=int, default=10_000)
+    parser.add_argument("--endpoints", type=int, default=10)
+    parser.add_argument("--changes", type=int, default=7)
+    parser.add_argument("--variants", nargs="+", default=["nft", "legacy"], choices=list(Variant))
+    parser.add_argument("--inner", choices=list(Variant), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inner:
+        row = measure(Variant(args.inner), args.services, args.endpoints, args.changes)
+        print(json.dumps(row), flush=True)
+        return 0
+    for variant in args.variants:
+        ns = f"pxi-b{secrets.token_hex(2)}"
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        try:
+            inner = [sys.executable, __file__, "--inner", variant]
+            inner += ["--services", str(args.services), "--endpoints", str(args.endpoints)]
+            inner += ["--changes", str(args.changes)]
+            subprocess.run(["ip", "netns", "exec", ns, *inner], check=True)
+        finally:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
