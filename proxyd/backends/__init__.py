@@ -24,7 +24,9 @@ class SyncResult:
     (all of them on a full sync), ``removed`` those whose rules were deleted; ``rules``
     counts the rules now programmed per table (``nat``, ``filter``, ``ipvs`` …);
     ``error`` is a one-line reason when ``ok`` is false, ``detail`` the context (e.g. the
-    restore lines around the failing one)."""
+    restore lines around the failing one); ``warnings`` are (reason, message) pairs an
+    operator must hear about even when the sync succeeded (e.g. an IPVS scheduler fell
+    back to the default): the daemon turns them into events and a metric."""
 
     ok: bool
     full: bool
@@ -33,6 +35,7 @@ class SyncResult:
     rules: Mapping[str, int] = field(default_factory=dict)
     error: str | None = None
     detail: str = ""
+    warnings: tuple[tuple[str, str], ...] = ()
 
 
 class Backend(Protocol):

@@ -19,7 +19,7 @@ from proxyd.backends.iptables import BACKEND_CHOICES
 __all__ = ["PROXY_MODES", "add_rule_options", "cidr_list", "register"]
 
 #: Values of ``--proxy-mode``; the first is the default.
-PROXY_MODES: tuple[str, ...] = ("iptables",)
+PROXY_MODES: tuple[str, ...] = ("iptables", "ipvs")
 
 
 def cidr_list(value: str) -> tuple[str, ...]:
@@ -48,6 +48,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="nft or legacy iptables; auto detects like the kubelet (default: %(default)s)",
     )  # fmt: skip
     add_rule_options(parser)
+    parser.add_argument(
+        "--ipvs-scheduler", default="rr", metavar="NAME",
+        help="IPVS mode: scheduler of services without the proxyd.io/ipvs-scheduler "
+        "annotation (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--proxy-name", default="proxyd")
     parser.set_defaults(handler=run)
 
@@ -119,4 +124,16 @@ def _backend(args: argparse.Namespace) -> tuple[Backend, str]:
                 runner, variant, options=options, families=available_families()
             )
             return backend, f"iptables {variant}"
+        case "ipvs":
+            from proxyd.backends.ipvs import IpvsBackend
+            from proxyd.backends.ipvs_plan import IpvsOptions
+
+            ipvs_options = IpvsOptions(
+                default_scheduler=args.ipvs_scheduler,
+                nodeport_addresses=args.nodeport_addresses,
+                cluster_cidrs=args.cluster_cidr,
+                masquerade_all=args.masquerade_all,
+                masquerade_bit=args.masquerade_bit,
+            )
+            return IpvsBackend.real(ipvs_options, iptables_backend=args.iptables_backend), "ipvs"
     raise AssertionError(f"unhandled proxy mode {args.proxy_mode}")

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMATS", "plan_to_json", "register", "service_plan_to_json"]
 
-FORMATS: tuple[str, ...] = ("json", "table")
+FORMATS: tuple[str, ...] = ("json", "table", "ipvs")
 """Output formats of ``--format``; the first is the default."""
 
 
@@ -65,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
     plan = build_plan(snapshot, args.node, proxy_name=args.proxy_name)
     if args.format == "table":
         _print_table(plan)
+    elif args.format == "ipvs":  # what IPVS mode would program, ipvsadm -Ln style
+        from proxyd.backends.ipvs_plan import listing
+
+        sys.stdout.write(listing(plan))
     else:
         print(json.dumps(plan_to_json(plan), indent=2))
     return 0

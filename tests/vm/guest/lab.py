@@ -1,0 +1,216 @@
+"""A small network inside the VM guest: the guest's root namespace is the node.
+
+    client c1 10.255.1.2(+.3…) ── veth ── 10.255.1.1  node (root ns)  cbr0 10.244.1.1/24 ── p1 .2
+    client c2 10.255.2.2       ── veth ── 10.255.2.1   IPVS, proxyd-ipvs0,                 ├─ p2 .3
+                                                       iptables, ipsets                    └─ p3 .4
+
+Every pod serves TCP and UDP on 8080 from threads of *this* process (sockets are opened
+inside the pod's namespace with setns, then served from here): under TCG each extra
+Python process costs seconds. A TCP server greets each connection with
+``<pod> <peer-ip>\\n`` and then echoes; UDP answers each datagram the same way. The peer
+IP shows whether the node masqueraded the client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import selectors
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+__all__ = ["CLIENTS", "NODE_IPS", "PODS", "Conn", "Lab", "connect", "netns", "udp_ask"]
+
+PODS = {"p1": "10.244.1.2", "p2": "10.244.1.3", "p3": "10.244.1.4"}
+CLIENTS = {"c1": ("10.255.1.2", "10.255.1.1"), "c2": ("10.255.2.2", "10.255.2.1")}
+NODE_IPS = tuple(gw for _, gw in CLIENTS.values())
+#: extra source addresses of c1 (source-hashing tests)
+C1_EXTRA = tuple(f"10.255.1.{i}" for i in range(3, 11))
+PORT = 8080
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextlib.contextmanager
+def netns(name: str) -> Iterator[None]:
+    """Run the block with this thread in namespace ``name`` (sockets keep theirs)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        _setns(target)
+        yield
+    finally:
+        _setns(own)
+        os.close(own)
+        os.close(target)
+
+
+def ip_batch(lines: Sequence[str], ns: str | None = None) -> None:
+    text = "\n".join(lines) + "\n"
+    argv = ["ip", *(["-n", ns] if ns else []), "-batch", "-"]
+    run = subprocess.run(argv, input=text, text=True, capture_output=True, check=False)
+    if run.returncode:
+        raise RuntimeError(f"ip -batch failed: {run.stderr.strip()}")
+
+
+class _Servers:
+    """One selector thread serving every pod's listeners."""
+
+    def __init__(self) -> None:
+        self._sel = selectors.DefaultSelector()
+        self._stop = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def add(self, pod: str, ip: str) -> None:
+        with netns(pod):
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.bind((ip, PORT))
+            tcp.listen(128)
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp.bind((ip, PORT))
+        for s in (tcp, udp):
+            s.setblocking(False)
+            self._sel.register(s, selectors.EVENT_READ, (pod, s.type))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop:
+            for key, _ in self._sel.select(timeout=0.2):
+                pod, kind = key.data
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                try:
+                    self._handle(pod, kind, sock)
+                except OSError:
+                    with contextlib.suppress(KeyError, ValueError):
+                        self._sel.unregister(sock)
+                    sock.close()
+
+    def _handle(self, pod: str, kind: object, sock: socket.socket) -> None:
+        if kind == "conn":
+            data = sock.recv(4096)
+            if not data:
+                self._sel.unregister(sock)
+                sock.close()
+            else:
+                sock.sendall(data)
+        elif kind == socket.SOCK_STREAM:
+            conn, peer = sock.accept()
+            conn.setblocking(True)
+            conn.sendall(f"{pod} {peer[0]}\n".encode())
+            conn.setblocking(False)
+            self._sel.register(conn, selectors.EVENT_READ, (pod, "conn"))
+        else:
+            _, peer = sock.recvfrom(4096)
+            sock.sendto(f"{pod} {peer[0]}".encode(), peer)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=5)
+        for key in list(self._sel.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self._sel.close()
+
+
+@dataclass
+class Conn:
+    """An open TCP connection through a service; ``pod`` served it, ``peer`` is the
+    client address that pod saw."""
+
+    sock: socket.socket
+    pod: str
+    peer: str
+
+    def echo(self, data: bytes = b"ping") -> bytes:
+        self.sock.sendall(data)
+        return self.sock.recv(4096)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def connect(
+    client: str, ip: str, port: int, *, source: str | None = None, timeout: float = 5.0
+) -> Conn:
+    """Open a TCP connection from namespace ``client`` and read the pod's greeting."""
+    with netns(client):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    if source is not None:
+        sock.bind((source, 0))
+    try:
+        sock.connect((ip, port))
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = sock.recv(256)
+            if not chunk:
+                raise ConnectionResetError("closed before the greeting")
+            line += chunk
+    except BaseException:
+        sock.close()
+        raise
+    pod, peer = line.decode().split()
+    return Conn(sock, pod, peer)
+
+
+def udp_ask(client: str, ip: str, port: int, timeout: float = 3.0) -> tuple[str, str]:
+    with netns(client):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        sock.settimeout(timeout)
+        sock.sendto(b"?", (ip, port))
+        pod, peer = sock.recv(256).decode().split()
+        return pod, peer
+
+
+class Lab:
+    """Builds the topology above once; :meth:`close` removes it."""
+
+    def __init__(self) -> None:
+        self.servers = _Servers()
+
+    def build(self) -> None:
+        root = ["link add cbr0 type bridge", "addr add 10.244.1.1/24 dev cbr0", "link set cbr0 up"]
+        inside: dict[str, list[str]] = {}
+        for pod, ip in PODS.items():
+            root += [
+                f"netns add {pod}",
+                f"link add v-{pod} type veth peer name eth0 netns {pod}",
+                f"link set v-{pod} master cbr0",
+                f"link set v-{pod} type bridge_slave hairpin on",
+                f"link set v-{pod} up",
+            ]
+            inside[pod] = [f"addr add {ip}/24 dev eth0", "route add default via 10.244.1.1"]
+        for client, (ip, gw) in CLIENTS.items():
+            root += [
+                f"netns add {client}",
+                f"link add v-{client} type veth peer name eth0 netns {client}",
+                f"addr add {gw}/24 dev v-{client}",
+                f"link set v-{client} up",
+            ]
+            inside[client] = [f"addr add {ip}/24 dev eth0", f"route add default via {gw}"]
+        inside["c1"] += [f"addr add {ip}/24 dev eth0" for ip in C1_EXTRA]
+        ip_batch(root)
+        for ns, lines in inside.items():
+            ip_batch(["link set lo up", "link set eth0 up", *lines], ns)
+        for pod, ip in PODS.items():
+            self.servers.add(pod, ip)
+        self.servers.start()
+
+    def close(self) -> None:
+        self.servers.close()
+        ip_batch([f"netns del {n}" for n in (*PODS, *CLIENTS)] + ["link del cbr0"])

@@ -1,0 +1,276 @@
+"""IPVS mode against a real IPVS kernel, with real packets between namespaces (VM only)."""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import time
+
+import pytest
+from conftest import NODES, ipvsadm, plan, service
+from lab import C1_EXTRA, NODE_IPS, PODS, connect, udp_ask
+
+from proxyd.backends.ipvs import IpvsBackend
+from proxyd.backends.ipvs_plan import listing
+from proxyd.model import NodePlan
+
+VIP = "10.96.0.10"
+
+
+def sync(backend: IpvsBackend, p: NodePlan, *, full: bool = False) -> None:
+    result = backend.sync(p, full=full)
+    assert result.ok, (result.error, result.detail)
+
+
+def spread(n: int, ip: str = VIP, port: int = 80, client: str = "c1") -> collections.Counter[str]:
+    seen: collections.Counter[str] = collections.Counter()
+    for _ in range(n):
+        conn = connect(client, ip, port)
+        seen[conn.pod] += 1
+        conn.close()
+    return seen
+
+
+def normalized(text: str) -> list[str]:
+    """ipvsadm -Ln without its header and connection counters, spaces collapsed."""
+    out = []
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0] in ("IP", "Prot") or words[:2] == ["->", "RemoteAddress:Port"]:
+            continue
+        out.append(" ".join(words[:4] if words[0] == "->" else words))
+    return out
+
+
+def test_ipvsadm_shows_exactly_what_the_listing_predicted(backend: IpvsBackend) -> None:
+    p = plan(
+        service("web", VIP),
+        service(
+            "sticky",
+            "10.96.0.11",
+            annotations={"proxyd.io/ipvs-scheduler": "sh:fallback,port"},
+            sessionAffinity="ClientIP",
+        ),
+        service("dns", "10.96.0.12", protocol="UDP", pods=("p2",)),
+        service("np", "10.96.0.13", node_port=30080, pods=("p1",)),
+        service("ext", "10.96.0.14", pods=("p3",), externalIPs=["10.250.0.10"]),
+        service("empty", "10.96.0.15", pods=()),
+    )
+    sync(backend, p, full=True)
+    assert normalized(ipvsadm()) == normalized(listing(p))
+
+
+def test_rr_spreads_evenly_over_three_endpoints(backend: IpvsBackend) -> None:
+    sync(backend, plan(service("web", VIP)), full=True)
+    seen = spread(30)
+    assert set(seen) == set(PODS)
+    assert all(9 <= n <= 11 for n in seen.values()), seen
+
+
+def test_lc_sends_a_new_connection_to_the_endpoint_with_fewest_active(backend: IpvsBackend) -> None:
+    sync(
+        backend,
+        plan(service("web", VIP, annotations={"proxyd.io/ipvs-scheduler": "lc"})),
+        full=True,
+    )
+    held = [connect("c1", VIP, 80) for _ in range(3)]
+    assert {c.pod for c in held} == set(PODS)  # one each: lc fills the empty ones first
+    try:
+        for victim in ("p2", "p3", "p1"):
+            conn = next(c for c in held if c.pod == victim)
+            conn.close()
+            held.remove(conn)
+            time.sleep(0.2)  # the FIN reaches IPVS; the connection stops counting as active
+            fresh = connect("c1", VIP, 80)
+            assert fresh.pod == victim
+            held.append(fresh)
+    finally:
+        for c in held:
+            c.close()
+
+
+def test_sh_pins_a_client_and_spreads_different_clients(backend: IpvsBackend) -> None:
+    sync(
+        backend,
+        plan(service("web", VIP, annotations={"proxyd.io/ipvs-scheduler": "sh"})),
+        full=True,
+    )
+
+    def pod_for(source: str) -> str:
+        conn = connect("c1", VIP, 80, source=source)
+        conn.close()
+        return conn.pod
+
+    assert len({pod_for(C1_EXTRA[0]) for _ in range(8)}) == 1
+    by_client = {src: pod_for(src) for src in C1_EXTRA}
+    assert len(set(by_client.values())) >= 2, by_client
+
+
+def test_scheduler_change_updates_in_place_and_keeps_connections(backend: IpvsBackend) -> None:
+    sync(backend, plan(service("web", VIP)), full=True)
+    conn = connect("c1", VIP, 80)
+    sync(backend, plan(service("web", VIP, annotations={"proxyd.io/ipvs-scheduler": "lc"})))
+    assert f"TCP  {VIP}:80 lc" in ipvsadm()
+    assert conn.echo(b"still") == b"still"
+    conn.close()
+
+
+def _hold_until(pod: str) -> list:
+    """Open connections until one lands on ``pod``; returns them all (caller closes)."""
+    held = []
+    for _ in range(10):
+        held.append(connect("c1", VIP, 80))
+        if held[-1].pod == pod:
+            return held
+    raise AssertionError(f"no connection reached {pod}")
+
+
+def test_removed_endpoint_drains_then_disappears(backend: IpvsBackend) -> None:
+    sync(backend, plan(service("web", VIP)), full=True)
+    held = _hold_until("p3")
+    drained = held.pop()
+    for c in held:
+        c.close()
+    sync(backend, plan(service("web", VIP, pods=("p1", "p2"))))
+    assert f"-> {PODS['p3']}:8080 Masq 0" in normalized(ipvsadm())
+    assert drained.echo(b"alive") == b"alive"
+    assert "p3" not in spread(12)
+    drained.close()
+    deadline = time.monotonic() + 10
+    while PODS["p3"] in ipvsadm() and time.monotonic() < deadline:
+        time.sleep(0.3)
+        sync(backend, plan(service("web", VIP, pods=("p1", "p2"))))
+    assert PODS["p3"] not in ipvsadm()
+    assert not backend.draining
+
+
+def test_wrr_honours_the_weights_proxyd_sets(backend: IpvsBackend) -> None:
+    wrr = {"proxyd.io/ipvs-scheduler": "wrr"}
+    sync(backend, plan(service("web", VIP, annotations=wrr)), full=True)
+    held = _hold_until("p3")
+    sync(backend, plan(service("web", VIP, annotations=wrr, pods=("p1", "p2"))))  # p3 → weight 0
+    seen = spread(20)
+    assert seen["p3"] == 0 and abs(seen["p1"] - seen["p2"]) <= 1, seen
+    for c in held:
+        c.close()
+
+
+def test_removed_udp_endpoint_goes_at_once(backend: IpvsBackend) -> None:
+    sync(backend, plan(service("dns", VIP, protocol="UDP")), full=True)
+    assert udp_ask("c1", VIP, 80)[0] in PODS
+    sync(backend, plan(service("dns", VIP, protocol="UDP", pods=("p1",))))
+    assert PODS["p3"] not in ipvsadm() and PODS["p2"] not in ipvsadm()
+
+
+def test_restart_restores_weights_from_the_plan(backend: IpvsBackend) -> None:
+    p = plan(service("web", VIP))
+    sync(backend, p, full=True)
+    subprocess.run(
+        ["ipvsadm", "-e", "-t", f"{VIP}:80", "-r", f"{PODS['p1']}:8080", "-m", "-w", "0"],
+        check=True,
+    )
+    sync(backend, p, full=True)  # a restart starts with a full sync
+    assert normalized(ipvsadm()) == normalized(listing(p))
+
+
+def test_node_port_masquerades_and_local_policy_keeps_the_client_address(
+    backend: IpvsBackend,
+) -> None:
+    sync(
+        backend,
+        plan(
+            service("np", VIP, node_port=30080),
+            service("local", "10.96.0.11", node_port=30081, externalTrafficPolicy="Local"),
+        ),
+        full=True,
+    )
+    cluster = connect("c1", NODE_IPS[0], 30080)
+    assert cluster.peer != "10.255.1.2"  # masqueraded by the node
+    cluster.close()
+    local = [connect("c1", NODE_IPS[0], 30081) for _ in range(4)]
+    assert {(c.pod, c.peer) for c in local} == {("p1", "10.255.1.2")}  # only p1 is on node-a
+    for c in local:
+        c.close()
+
+
+def test_external_ip_reaches_external_endpoints(backend: IpvsBackend) -> None:
+    sync(
+        backend,
+        plan(service("ext", VIP, externalIPs=["10.250.0.10"], externalTrafficPolicy="Local")),
+        full=True,
+    )
+    assert set(spread(4, "10.250.0.10")) == {"p1"}
+    assert set(spread(6)) == set(PODS)  # cluster IP traffic is not limited to local ones
+
+
+def test_local_policy_without_local_endpoints_drops_external_traffic(backend: IpvsBackend) -> None:
+    sync(
+        backend,
+        plan(service("np", VIP, node_port=30080, pods=("p2",), externalTrafficPolicy="Local")),
+        full=True,
+    )
+    with pytest.raises(TimeoutError):
+        connect("c1", NODE_IPS[0], 30080, timeout=1.0)
+    assert set(spread(2)) == {"p2"}
+
+
+def test_service_without_endpoints_is_rejected(backend: IpvsBackend) -> None:
+    sync(backend, plan(service("empty", VIP, pods=())), full=True)
+    with pytest.raises(ConnectionRefusedError):
+        connect("c1", VIP, 80, timeout=3.0)
+
+
+def test_topology_filtered_plan_keeps_traffic_in_the_pool(backend: IpvsBackend) -> None:
+    scoped = {"openyurt.io/topologyKeys": "openyurt.io/nodepool"}
+    sync(backend, plan(service("web", VIP, annotations=scoped)), full=True)
+    assert set(spread(9)) == {"p1", "p2"}  # p3 is in pool west
+
+
+def test_unknown_scheduler_falls_back_with_a_warning(backend: IpvsBackend) -> None:
+    result = backend.sync(
+        plan(service("web", VIP, annotations={"proxyd.io/ipvs-scheduler": "fastest"})), full=True
+    )
+    assert result.ok and [r for r, _ in result.warnings] == ["unknown_scheduler"]
+    assert f"TCP  {VIP}:80 rr" in ipvsadm()
+
+
+def test_foreign_virtual_servers_are_never_touched(backend: IpvsBackend) -> None:
+    subprocess.run(["ipvsadm", "-A", "-t", "10.99.0.1:80", "-s", "wlc"], check=True)
+    subprocess.run(["ipvsadm", "-A", "-t", f"{NODE_IPS[0]}:31000", "-s", "wlc"], check=True)
+    try:
+        sync(backend, plan(service("web", VIP, node_port=30080)), full=True)
+        sync(backend, plan(), full=True)
+        backend.cleanup()
+        out = ipvsadm()
+        assert "10.99.0.1:80 wlc" in out and f"{NODE_IPS[0]}:31000 wlc" in out
+        assert VIP not in out and ":30080" not in out
+    finally:
+        subprocess.run(["ipvsadm", "-C"], check=True)
+
+
+def test_apply_command_programs_what_plan_format_ipvs_prints(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from proxyd.cli import main
+
+    docs = [
+        *NODES,
+        *service("web", VIP, annotations={"proxyd.io/ipvs-scheduler": "sh:port"}),
+        *service("np", "10.96.0.11", node_port=30080, pods=("p1", "p2")),
+    ]
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    args = ["--manifests", str(path), "--node", "node-a"]
+    real = IpvsBackend.real()  # both families, as apply uses: its cleanup removes it all
+    try:
+        assert main(["apply", "--proxy-mode", "ipvs", *args]) == 0
+        assert main(["plan", "--format", "ipvs", *args]) == 0
+        predicted = capsys.readouterr().out.split("\n", 1)[1]  # after apply's summary line
+        assert "sh (sh-port)" in predicted
+        assert normalized(ipvsadm()) == normalized(predicted)
+        assert main(["apply", "--proxy-mode", "ipvs", "--ipvs-scheduler", "lc", *args]) == 0
+        assert f"TCP  {NODE_IPS[0]}:30080 lc" in ipvsadm()
+    finally:
+        real.cleanup()
