@@ -2,6 +2,9 @@
 
 Sources (manifests, API informers) call the ``set_*``/``delete_*`` methods from any thread;
 the sync loop calls :meth:`ClusterState.snapshot` and :meth:`ClusterState.checkout`.
+The optional ``on_change(kind)`` listener (kind: ``service``, ``slice``, ``node``,
+``pool``) is called after every write that changed the store, outside the lock: the
+daemon uses it to queue a sync.
 Change tracking keeps, per key, the value from before the first unsynced change and the
 latest value; when the two end up equal (a flap) the key is dropped, so a change that
 was undone triggers no work.
@@ -10,7 +13,7 @@ was undone triggers no work.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -69,7 +72,8 @@ class Changes:
 class ClusterState:
     """Thread-safe store of the translated objects proxyd watches."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[str], None] | None = None) -> None:
+        self._on_change = on_change
         self._lock = threading.Lock()
         self._services: dict[ServiceRef, Service] = {}
         self._slices: dict[tuple[str, str], EndpointSlice] = {}
@@ -88,12 +92,14 @@ class ClusterState:
             old = self._services.get(svc.ref)
             self._services[svc.ref] = svc
             self._service_changes.update(svc.ref, old, svc)
+        self._changed("service", old != svc)
 
     def delete_service(self, ref: ServiceRef) -> None:
         with self._lock:
             old = self._services.pop(ref, None)
             if old is not None:
                 self._service_changes.update(ref, old, None)
+        self._changed("service", old is not None)
 
     def set_slice(self, eps: EndpointSlice) -> None:
         key = (eps.namespace, eps.name)
@@ -101,6 +107,7 @@ class ClusterState:
             old = self._slices.get(key)
             self._slices[key] = eps
             self._record_slice_change(key, old, eps)
+        self._changed("slice", old != eps)
 
     def delete_slice(self, namespace: str, name: str) -> None:
         key = (namespace, name)
@@ -108,41 +115,55 @@ class ClusterState:
             old = self._slices.pop(key, None)
             if old is not None:
                 self._record_slice_change(key, old, None)
+        self._changed("slice", old is not None)
 
     def set_node(self, node: NodeInfo) -> None:
         with self._lock:
-            if self._nodes.get(node.name) != node:
+            changed = self._nodes.get(node.name) != node
+            if changed:
                 self._nodes[node.name] = node
                 self._topology_changed = True
+        self._changed("node", changed)
 
     def delete_node(self, name: str) -> None:
         with self._lock:
-            if self._nodes.pop(name, None) is not None:
+            changed = self._nodes.pop(name, None) is not None
+            if changed:
                 self._topology_changed = True
+        self._changed("node", changed)
 
     def set_pool(self, pool: NodePool) -> None:
         with self._lock:
-            if self._pools.get(pool.name) != pool:
+            changed = self._pools.get(pool.name) != pool
+            if changed:
                 self._pools[pool.name] = pool
                 self._topology_changed = True
+        self._changed("pool", changed)
 
     def delete_pool(self, name: str) -> None:
         with self._lock:
-            if self._pools.pop(name, None) is not None:
+            changed = self._pools.pop(name, None) is not None
+            if changed:
                 self._topology_changed = True
+        self._changed("pool", changed)
+
+    def _changed(self, kind: str, changed: bool) -> None:
+        if changed and self._on_change is not None:
+            self._on_change(kind)
 
     def _record_slice_change(
         self, key: tuple[str, str], old: EndpointSlice | None, new: EndpointSlice | None
     ) -> None:
         self._slice_changes.update(key, old, new)
         for eps in (old, new):
-            if eps is None:
-                continue
-            self._slice_owner[key] = eps.service
-            if eps.trigger_time is not None:
-                seen = self._trigger_times.get(eps.service)
-                if seen is None or eps.trigger_time < seen:
-                    self._trigger_times[eps.service] = eps.trigger_time
+            if eps is not None:
+                self._slice_owner[key] = eps.service
+        # Only the new version's trigger time dates this change: the old version's dates
+        # the change before (already measured), and a deleted slice carries none.
+        if new is not None and new.trigger_time is not None:
+            seen = self._trigger_times.get(new.service)
+            if seen is None or new.trigger_time < seen:
+                self._trigger_times[new.service] = new.trigger_time
 
     # --- readers -------------------------------------------------------------------
 
