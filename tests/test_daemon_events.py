@@ -28,7 +28,7 @@ from proxyd.model import (
 )
 from proxyd.runner import ManualClock
 from tests.builders import ep, node, snapshot, svc
-from tests.test_ipvs_backend import Client, Clock, FakeKernel, FakeRunner
+from tests.test_ipvs_backend import Clock, FakeKernel, FakeRunner
 from tests.test_ipvs_backend import plan as ipvs_plan
 
 A = ServiceRef("default", "a")
@@ -106,7 +106,7 @@ def test_hint_warnings_are_not_posted() -> None:
 
 
 def test_ipvs_backend_warnings_name_their_service() -> None:
-    result = IpvsBackend(Client(FakeKernel()), FakeRunner(), clock=Clock()).sync(
+    result = IpvsBackend(FakeKernel(), FakeRunner(), clock=Clock()).sync(
         ipvs_plan(scheduler="fastest"), full=True)  # type: ignore[arg-type]
     about, other = backend_warnings(result.warnings)
     assert [(w.service, w.reason) for w in about] == [(WEB, "UnknownIPVSScheduler")]
@@ -114,7 +114,7 @@ def test_ipvs_backend_warnings_name_their_service() -> None:
 
 
 def test_backend_warnings_without_a_service_are_kept_apart() -> None:
-    result = IpvsBackend(Client(FakeKernel()), FakeRunner(), clock=Clock(),  # type: ignore[arg-type]
+    result = IpvsBackend(FakeKernel(), FakeRunner(), clock=Clock(),  # type: ignore[arg-type]
                          options=IpvsOptions(default_scheduler="fastest")).sync(
         ipvs_plan(), full=True)
     about, other = backend_warnings(result.warnings)
