@@ -234,7 +234,7 @@ def test_health_check_node_port_answers_local_endpoint_count(e2e: E2E) -> None:
     e2e.service("local", "10.96.0.55", {"web-1": "n1", "web-2": "n1"}, spec=spec)
     # the Service may be synced before its slice: wait for the state with both endpoints
     _, body = eventually(
-        lambda: (r := get(e2e.node.name, url))[0] == 200 and r, 5, "hc server with endpoints"
+        lambda: (r := get(e2e.node.name, url))[0] == 200 and r, 15, "hc server with endpoints"
     )
     assert json.loads(body)["localEndpoints"] == 2, body
     assert json.loads(body)["service"] == {"namespace": "default", "name": "local"}

@@ -113,6 +113,8 @@ o=trans=virtio,version=9p2000.L,msize=512000
 mount -t 9p -o $o,ro,cache=loose hostroot /newroot || echo "vm-guest: root share failed"
 for d in proc sys dev; do mount --rbind /$d /newroot/$d; done
 mount -t tmpfs tmp /newroot/tmp; mount -t tmpfs run /newroot/run
+# a checkout under /tmp or /run is hidden by the tmpfs above: make its mount point there
+[ -d "/newroot$REPO" ] || mkdir -p "/newroot$REPO"
 mount -t 9p -o $o repo /newroot$REPO || echo "vm-guest: repo share failed"
 chroot /newroot /bin/sh "$REPO/tests/vm/guest.sh" "$RUN"
 echo $? > /newroot$RUN/rc
