@@ -27,20 +27,16 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+# run as a script: import proxyd and tests.builders from this checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxyd.backends.commands_runner import CompletedRun, SubprocessRunner
 from proxyd.backends.iptables import IptablesBackend, Variant, tool
 from proxyd.backends.iptables_render import JUMPS, RenderOptions, render
-from proxyd.model import (
-    Endpoint,
-    IPFamily,
-    NodePlan,
-    Protocol,
-    ServicePlan,
-    ServicePort,
-    ServicePortKey,
-    ServiceRef,
-)
+from proxyd.model import Endpoint, IPFamily, NodePlan
+from tests.builders import node_plan, sp
 
 OPTIONS = RenderOptions(cluster_cidrs=("10.128.0.0/9",))
 V4 = IPFamily.IPV4
@@ -53,11 +49,10 @@ def _ip(n: int) -> str:
 def build_plan(services: int, endpoints: int) -> NodePlan:
     plans = []
     for i in range(services):
-        key = ServicePortKey(ServiceRef("bench", f"svc-{i:05d}"), "http", Protocol.TCP)
-        eps = tuple(Endpoint(ip=_ip(i * endpoints + j), port=8080) for j in range(endpoints))
-        port = ServicePort(key=key, port=80, cluster_ips=(f"10.96.{i // 256}.{i % 256}",))
-        plans.append(ServicePlan(port=port, internal=eps, external=eps, mode="none"))
-    return NodePlan(node="bench", services=tuple(plans))
+        eps = [Endpoint(ip=_ip(i * endpoints + j), port=8080) for j in range(endpoints)]
+        vip = f"10.96.{i // 256}.{i % 256}"
+        plans.append(sp(f"svc-{i:05d}", internal=eps, namespace="bench", cluster_ips=(vip,)))
+    return node_plan(*plans, node="bench")
 
 
 def move_one_endpoint(plan: NodePlan, index: int, step: int) -> NodePlan:

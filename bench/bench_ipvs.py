@@ -32,31 +32,25 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+# run as a script (also inside the VM): import proxyd and tests.builders from this checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 _NEWNET = 0x40000000
 
 
 def _plan(services: int, endpoints: int, moved: int = -1):  # type: ignore[no-untyped-def]
-    from proxyd.model import (
-        Endpoint,
-        NodePlan,
-        Protocol,
-        ServicePlan,
-        ServicePort,
-        ServicePortKey,
-        ServiceRef,
-    )
+    from proxyd.model import Endpoint
+    from tests.builders import node_plan, sp
 
     plans = []
     for i in range(services):
-        key = ServicePortKey(ServiceRef("bench", f"svc-{i:05d}"), "http", Protocol.TCP)
         vip = f"10.96.{i // 250}.{i % 250 + 1}"
         eps = []
         for j in range(endpoints):
             k = i * endpoints + j + (1_000_000 if i == moved and j == 0 else 0)
             eps.append(Endpoint(f"10.{200 + k // 62500}.{(k // 250) % 250}.{k % 250 + 1}", 8080))
-        port = ServicePort(key, 80, (vip,))
-        plans.append(ServicePlan(port, tuple(eps), tuple(eps), "none"))
-    return NodePlan("bench-node", tuple(plans))
+        plans.append(sp(f"svc-{i:05d}", internal=eps, namespace="bench", cluster_ips=(vip,)))
+    return node_plan(*plans, node="bench-node")
 
 
 def _enter(ns: str) -> None:

@@ -13,51 +13,37 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
-from proxyd.model import (
-    AddressType,
-    ClusterSnapshot,
-    EndpointPort,
-    EndpointSlice,
-    NodeInfo,
-    NodePool,
-    PortSpec,
-    Protocol,
-    Service,
-    ServiceRef,
-    SliceEndpoint,
-    TrafficPolicy,
-)
+# run as a script: import proxyd and tests.builders from this checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from proxyd.model import ClusterSnapshot, EndpointSlice, NodeInfo, Service, TrafficPolicy
 from proxyd.plan import build_plan
+from tests.builders import eps, node, pool, sep, snapshot, svc
 
 NODES = 100
 POOLS = 4
 
 
 def _node(i: int) -> NodeInfo:
-    return NodeInfo(
-        name=f"node-{i}",
-        labels=tuple(
-            sorted(
-                {
-                    "apps.openyurt.io/nodepool": f"pool-{i % POOLS}",
-                    "topology.kubernetes.io/zone": f"zone-{i % 2}",
-                }.items()
-            )
-        ),
+    return node(
+        f"node-{i}",
+        pool=f"pool-{i % POOLS}",
+        zone=f"zone-{i % 2}",
         addresses=(f"192.168.{i // 250}.{i % 250 + 1}",),
     )
 
 
 def _service(i: int) -> Service:
-    ref = ServiceRef(f"ns-{i % 50}", f"svc-{i}")
     kind = i % 5
-    return Service(
-        ref=ref,
+    return svc(
+        f"svc-{i}",
+        f"ns-{i % 50}",
         cluster_ips=(f"10.{96 + i // 65536}.{i // 256 % 256}.{i % 256}",),
-        ports=(PortSpec("http", Protocol.TCP, 80),),
         openyurt_scopes=("openyurt.io/nodepool",) if kind == 1 else (),
         topology_keys=("kubernetes.io/hostname", "topology.kubernetes.io/zone", "*")
         if kind == 3
@@ -66,43 +52,33 @@ def _service(i: int) -> Service:
     )
 
 
-def _slice(svc: Service, i: int, per_service: int) -> EndpointSlice:
+def _slice(service: Service, i: int, per_service: int) -> EndpointSlice:
     hinted = i % 5 == 2
-    endpoints = tuple(
-        SliceEndpoint(
-            ip=f"10.{(i * per_service + j) // 65536 + 128}.{(i * per_service + j) // 256 % 256}"
+    endpoints = [
+        sep(
+            f"10.{(i * per_service + j) // 65536 + 128}.{(i * per_service + j) // 256 % 256}"
             f".{(i * per_service + j) % 256}",
             node_name=f"node-{(i + j) % NODES}",
             zone=f"zone-{(i + j) % NODES % 2}",
             hints_zones=frozenset({f"zone-{(i + j) % NODES % 2}"}) if hinted else None,
         )
         for j in range(per_service)
-    )
-    return EndpointSlice(
-        namespace=svc.ref.namespace,
-        name=f"{svc.ref.name}-abcde",
-        service=svc.ref,
-        address_type=AddressType.IPV4,
-        ports=(EndpointPort("http", Protocol.TCP, 8080),),
-        endpoints=endpoints,
+    ]
+    return eps(
+        service.ref.name,
+        endpoints,
+        namespace=service.ref.namespace,
         trigger_time=1_700_000_000.0 + i,
     )
 
 
 def generate(services: int, per_service: int) -> ClusterSnapshot:
-    nodes = {n.name: n for n in map(_node, range(NODES))}
-    pools = {
-        f"pool-{p}": NodePool(f"pool-{p}", frozenset(f"node-{i}" for i in range(p, NODES, POOLS)))
-        for p in range(POOLS)
-    }
+    pools = [
+        pool(f"pool-{p}", *(f"node-{i}" for i in range(p, NODES, POOLS))) for p in range(POOLS)
+    ]
     svcs = [_service(i) for i in range(services)]
-    slices = [_slice(svc, i, per_service) for i, svc in enumerate(svcs)]
-    return ClusterSnapshot(
-        services={s.ref: s for s in svcs},
-        slices={(s.namespace, s.name): s for s in slices},
-        nodes=nodes,
-        pools=pools,
-    )
+    slices = [_slice(service, i, per_service) for i, service in enumerate(svcs)]
+    return snapshot(*map(_node, range(NODES)), *pools, *svcs, *slices)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Small builders for tests: raw API objects (``*_obj``) and :mod:`proxyd.model` values.
+"""Small builders for tests and benchmarks: raw API objects (``*_obj``), :mod:`proxyd.model`
+values, and the plans backends receive (``sp``, ``node_plan``).
 
 Every builder returns a minimal valid object; keyword arguments change one thing, so a
 test case differs from its neighbours in exactly what it is about. Raw builders return
@@ -20,10 +21,14 @@ from proxyd.model import (
     EndpointPort,
     EndpointSlice,
     NodeInfo,
+    NodePlan,
     NodePool,
     PortSpec,
     Protocol,
     Service,
+    ServicePlan,
+    ServicePort,
+    ServicePortKey,
     ServiceRef,
     SliceEndpoint,
 )
@@ -37,6 +42,7 @@ __all__ = [
     "list_obj",
     "node",
     "node_obj",
+    "node_plan",
     "pool",
     "pool_obj",
     "port_obj",
@@ -44,6 +50,7 @@ __all__ = [
     "sep",
     "slice_obj",
     "snapshot",
+    "sp",
     "svc",
     "svc_obj",
 ]
@@ -69,6 +76,18 @@ def _metadata(
     if annotations:
         md["annotations"] = dict(annotations)
     return md
+
+
+def _node_labels(
+    name: str, pool: str | None, zone: str | None, labels: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """A node's labels: hostname, ``labels``, then pool and zone when given."""
+    all_labels = {_HOSTNAME_LABEL: name, **(labels or {})}
+    if pool is not None:
+        all_labels[POOL_LABEL] = pool
+    if zone is not None:
+        all_labels[ZONE_LABEL] = zone
+    return all_labels
 
 
 # --- raw API objects ---------------------------------------------------------------------
@@ -182,17 +201,12 @@ def node_obj(
     external_ips: Sequence[str] = (),
 ) -> Obj:
     """A v1 Node with its hostname label, optionally a pool and zone label."""
-    all_labels = {_HOSTNAME_LABEL: name, **(labels or {})}
-    if pool is not None:
-        all_labels[POOL_LABEL] = pool
-    if zone is not None:
-        all_labels[ZONE_LABEL] = zone
     addresses = [{"type": "InternalIP", "address": ip} for ip in internal_ips]
     addresses += [{"type": "ExternalIP", "address": ip} for ip in external_ips]
     return {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": _metadata(name, None, all_labels, None),
+        "metadata": _metadata(name, None, _node_labels(name, pool, zone, labels), None),
         "status": {"addresses": addresses},
     }
 
@@ -283,11 +297,7 @@ def node(
     addresses: Sequence[str] = (),
 ) -> NodeInfo:
     """A NodeInfo with its hostname label, optionally a pool and zone label."""
-    all_labels = {_HOSTNAME_LABEL: name, **(labels or {})}
-    if pool is not None:
-        all_labels[POOL_LABEL] = pool
-    if zone is not None:
-        all_labels[ZONE_LABEL] = zone
+    all_labels = _node_labels(name, pool, zone, labels)
     return NodeInfo(name=name, labels=tuple(sorted(all_labels.items())), addresses=tuple(addresses))
 
 
@@ -312,3 +322,43 @@ def snapshot(*objects: Service | EndpointSlice | NodeInfo | NodePool) -> Cluster
             case NodePool():
                 pools[obj.name] = obj
     return ClusterSnapshot(services=services, slices=slices, nodes=nodes, pools=pools)
+
+
+# --- plans -------------------------------------------------------------------------------
+
+
+def sp(
+    name: str = "web",
+    *,
+    internal: Iterable[Endpoint] = (),
+    external: Iterable[Endpoint] | None = None,
+    namespace: str = "default",
+    port_name: str = "http",
+    protocol: Protocol = Protocol.TCP,
+    port: int = 80,
+    cluster_ips: Sequence[str] = ("10.96.0.10",),
+    mode: str = "none",
+    warnings: Sequence[str] = (),
+    local_endpoints: int = 0,
+    **fields: Any,
+) -> ServicePlan:
+    """A ServicePlan of port ``http`` 80/TCP of ``default/web`` at 10.96.0.10, as backends
+    receive it; ``external`` defaults to ``internal``; other ServicePort fields by keyword
+    (``node_port=…``)."""
+    key = ServicePortKey(ServiceRef(namespace, name), port_name, protocol)
+    internal = tuple(internal)
+    return ServicePlan(
+        port=ServicePort(key=key, port=port, cluster_ips=tuple(cluster_ips), **fields),
+        internal=internal,
+        external=internal if external is None else tuple(external),
+        mode=mode,
+        warnings=tuple(warnings),
+        local_endpoints=local_endpoints,
+    )
+
+
+def node_plan(
+    *services: ServicePlan, node: str = "node-a", addresses: Sequence[str] = ()
+) -> NodePlan:
+    """A NodePlan of ``services`` sorted by key, as :func:`proxyd.plan.build_plan` returns it."""
+    return NodePlan(node, tuple(sorted(services, key=lambda s: s.key)), tuple(addresses))

@@ -11,8 +11,7 @@ from proxyd.backends.commands_runner import CompletedRun
 from proxyd.backends.conntrack import ConntrackCleaner, StaleFlow, stale_udp_flows
 from proxyd.errors import BackendError
 from proxyd.model import IPFamily, Protocol, ServicePlan
-from tests.builders import ep
-from tests.test_iptables_render import sp
+from tests.builders import ep, sp
 
 V4, V6 = IPFamily.IPV4, IPFamily.IPV6
 A, B = ep("10.244.1.2", 53), ep("10.244.1.3", 53)

@@ -17,17 +17,9 @@ from proxyd.events import (
     plan_warnings,
     warning_reason,
 )
-from proxyd.model import (
-    NodePlan,
-    Protocol,
-    ServicePlan,
-    ServicePort,
-    ServicePortKey,
-    ServiceRef,
-    TrafficPolicy,
-)
+from proxyd.model import ServicePlan, ServiceRef, TrafficPolicy
 from proxyd.runner import ManualClock
-from tests.builders import ep, node, snapshot, svc
+from tests.builders import ep, node, node_plan, snapshot, sp, svc
 from tests.test_ipvs_backend import Clock, FakeKernel, FakeRunner
 from tests.test_ipvs_backend import plan as ipvs_plan
 
@@ -50,9 +42,9 @@ class Sink:
         self.bodies.append((namespace, body))
 
 
-def sp(ref: ServiceRef, port_name: str, *warnings: str) -> ServicePlan:
-    port = ServicePort(ServicePortKey(ref, port_name, Protocol.TCP), 80)
-    return ServicePlan(port=port, internal=(), external=(), mode="none", warnings=warnings)
+def warned(ref: ServiceRef, port_name: str, *warnings: str) -> ServicePlan:
+    """A plan of port ``port_name`` of ``ref`` that carries ``warnings``."""
+    return sp(ref.name, namespace=ref.namespace, port_name=port_name, warnings=warnings)
 
 
 @pytest.mark.parametrize(
@@ -99,8 +91,8 @@ def test_hint_warnings_are_not_posted() -> None:
     sink, outcomes = Sink(), []
     rec = recorder(sink, ManualClock(), outcomes)
     rec.start()
-    hinted = sp(A, "http", "no ready endpoint is hinted for zone z")
-    rec.record(plan_warnings(NodePlan("n1", (hinted,))))
+    hinted = warned(A, "http", "no ready endpoint is hinted for zone z")
+    rec.record(plan_warnings(node_plan(hinted)))
     rec.close()
     assert sink.bodies == []
 
@@ -123,12 +115,12 @@ def test_backend_warnings_without_a_service_are_kept_apart() -> None:
 
 
 def test_plan_warnings_are_distinct_per_service() -> None:
-    plan = NodePlan("n1", (
-        sp(A, "http", "spec.topologyKeys invalid"),
-        sp(A, "https", "spec.topologyKeys invalid"),
-        sp(B, "dns", "node n1 is in no node pool"),
-        sp(B, "dns-tcp"),
-    ))
+    plan = node_plan(
+        warned(A, "http", "spec.topologyKeys invalid"),
+        warned(A, "https", "spec.topologyKeys invalid"),
+        warned(B, "dns", "node n1 is in no node pool"),
+        warned(B, "dns-tcp"),
+    )
     assert set(plan_warnings(plan)) == {
         ServiceWarning(A, "InvalidTopologyKeys", "spec.topologyKeys invalid"),
         ServiceWarning(B, "NodeNotInPool", "node n1 is in no node pool"),
@@ -144,7 +136,7 @@ def test_event_body_names_the_service_and_source() -> None:
     sink, clock, outcomes = Sink(), ManualClock(), []
     rec = recorder(sink, clock, outcomes)
     rec.start()
-    rec.record(plan_warnings(NodePlan("n1", (sp(B, "dns", "node n1 is in no node pool"),))))
+    rec.record(plan_warnings(node_plan(warned(B, "dns", "node n1 is in no node pool"))))
     rec.close()
     [(namespace, body)] = sink.bodies
     assert namespace == "edge"

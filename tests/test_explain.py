@@ -12,19 +12,17 @@ from proxyd.cli import main
 from proxyd.commands.explain import explain_service
 from proxyd.errors import SourceError
 from proxyd.model import (
-    AddressType,
     ClusterSnapshot,
     Endpoint,
     EndpointPort,
-    EndpointSlice,
     PortSpec,
     Protocol,
     Service,
     ServiceRef,
     ServiceType,
-    SliceEndpoint,
 )
 from proxyd.topology import NodeView, explain, select
+from tests import builders
 from tests.test_topology import (
     ALL,
     HOST,
@@ -216,15 +214,9 @@ REF = ServiceRef("default", "web")
 
 
 def _snapshot(service: Service) -> ClusterSnapshot:
-    eps = EndpointSlice(
-        namespace="default",
-        name="web-1",
-        service=REF,
-        address_type=AddressType.IPV4,
-        ports=(EndpointPort("http", Protocol.TCP, 8080), EndpointPort("dns", Protocol.UDP, 53)),
-        endpoints=(SliceEndpoint("10.244.1.2", node_name="n1"), SliceEndpoint("10.244.2.2")),
-    )
-    return ClusterSnapshot({REF: service}, {("default", "web-1"): eps}, {}, {})
+    ports = (EndpointPort("http", Protocol.TCP, 8080), EndpointPort("dns", Protocol.UDP, 53))
+    endpoints = [builders.sep("10.244.1.2", node_name="n1"), builders.sep("10.244.2.2")]
+    return builders.snapshot(service, builders.eps("web", endpoints, name="web-1", ports=ports))
 
 
 WEB = Service(

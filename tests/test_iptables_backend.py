@@ -22,8 +22,7 @@ from proxyd.backends.iptables import (
 from proxyd.backends.iptables_render import JUMPS, RenderOptions, chain_name
 from proxyd.errors import BackendError
 from proxyd.model import IPFamily, NodePlan, Protocol
-from tests.builders import ep
-from tests.test_iptables_render import plan, sp
+from tests.builders import ep, node_plan, sp
 
 STALE = chain_name("PROXYD-SVC-", "default", "gone", "http", "TCP")
 NAT_SAVE = f"""\
@@ -92,7 +91,7 @@ def backend(runner: FakeRunner, **kwargs: Any) -> IptablesBackend:
 
 def test_first_sync_is_full_reads_the_kernel_and_deletes_leftovers() -> None:
     runner = FakeRunner(outputs={"iptables-nft-save -t nat": NAT_SAVE})
-    result = backend(runner).sync(plan(WEB), full=False)
+    result = backend(runner).sync(node_plan(WEB), full=False)
     assert result.ok and result.full
     assert result.written == {WEB.key}
     assert runner.commands() == [
@@ -115,10 +114,10 @@ def test_first_sync_is_full_reads_the_kernel_and_deletes_leftovers() -> None:
 def test_second_sync_is_partial_and_writes_only_the_changed_service() -> None:
     runner = FakeRunner()
     be = backend(runner)
-    be.sync(plan(WEB, DNS), full=True)
+    be.sync(node_plan(WEB, DNS), full=True)
     runner.clear()
     web2 = replace(WEB, internal=WEB.internal[:1], external=WEB.internal[:1])
-    result = be.sync(plan(web2, DNS), full=False)
+    result = be.sync(node_plan(web2, DNS), full=False)
     assert result.ok and not result.full
     assert result.written == {WEB.key}
     assert runner.commands() == ["iptables-nft-restore"]  # nothing to do for IPv6
@@ -129,40 +128,40 @@ def test_second_sync_is_partial_and_writes_only_the_changed_service() -> None:
 def test_unchanged_plan_runs_no_command() -> None:
     runner = FakeRunner()
     be = backend(runner)
-    be.sync(plan(WEB), full=True)
+    be.sync(node_plan(WEB), full=True)
     runner.clear()
-    result = be.sync(plan(WEB), full=False)
+    result = be.sync(node_plan(WEB), full=False)
     assert result.ok and result.written == frozenset() and runner.calls == []
 
 
 def test_failed_restore_keeps_state_reports_context_and_forces_full() -> None:
     runner = FakeRunner()
     be = backend(runner)
-    be.sync(plan(WEB), full=True)
+    be.sync(node_plan(WEB), full=True)
     runner.clear()
     runner.fail_restores = 1
     web2 = replace(WEB, internal=WEB.internal[:1], external=WEB.internal[:1])
-    failed = be.sync(plan(web2, DNS), full=False)
+    failed = be.sync(node_plan(web2, DNS), full=False)
     assert not failed.ok
     assert failed.error is not None and "Couldn't load target" in failed.error
     ((_, text),) = runner.restores()
     assert f">      3  {text.splitlines()[2]}" in failed.detail
     runner.clear()
-    retry = be.sync(plan(web2, DNS), full=False)
+    retry = be.sync(node_plan(web2, DNS), full=False)
     assert retry.ok and retry.full
     assert "iptables-nft" in runner.commands()  # lists built-in chains for jump rules
     assert retry.written == {WEB.key, DNS.key}
     runner.clear()
-    assert be.sync(plan(web2, DNS), full=False).full is False
+    assert be.sync(node_plan(web2, DNS), full=False).full is False
 
 
 def test_full_resync_reinserts_only_missing_jumps() -> None:
     listing = '-P PREROUTING ACCEPT\n-A PREROUTING -m comment --comment "x" -j PROXYD-SERVICES\n'
     runner = FakeRunner(outputs={"iptables-nft -w 5 -t nat -S PREROUTING": listing})
     be = backend(runner, families=(IPFamily.IPV4,))
-    be.sync(plan(WEB), full=True)
+    be.sync(node_plan(WEB), full=True)
     runner.clear()
-    be.sync(plan(WEB), full=True)
+    be.sync(node_plan(WEB), full=True)
     listed = [(argv[4], argv[6]) for argv, _ in runner.calls if argv[0] == "iptables-nft"]
     assert sorted(listed) == sorted({(j.table, j.chain) for j in JUMPS})
     ((_, text),) = runner.restores()
@@ -171,18 +170,18 @@ def test_full_resync_reinserts_only_missing_jumps() -> None:
 
 def test_missing_binary_is_a_failed_sync_not_a_crash() -> None:
     runner = FakeRunner(missing=frozenset({"iptables-nft-save"}))
-    result = backend(runner).sync(plan(WEB), full=True)
+    result = backend(runner).sync(node_plan(WEB), full=True)
     assert not result.ok and result.error is not None and "iptables-nft-save" in result.error
 
 
 def test_udp_endpoint_removed_deletes_its_conntrack_entries_after_the_restore() -> None:
     runner = FakeRunner()
     be = backend(runner, families=(IPFamily.IPV4,), conntrack=ConntrackCleaner(runner))
-    be.sync(plan(WEB, DNS), full=True)
+    be.sync(node_plan(WEB, DNS), full=True)
     assert "conntrack" not in runner.commands()  # never on the first sync after start
     runner.clear()
     dns2 = replace(DNS, internal=DNS.internal[:1], external=DNS.internal[:1])
-    assert be.sync(plan(WEB, dns2), full=False).ok
+    assert be.sync(node_plan(WEB, dns2), full=False).ok
     assert runner.commands() == ["iptables-nft-restore", "conntrack"]
     assert runner.calls[1][0] == [
         "conntrack",
@@ -283,6 +282,6 @@ def test_resolve_variant_forced_runs_nothing() -> None:
 def test_plan_with_only_unchanged_services_keeps_rule_counts() -> None:
     runner = FakeRunner()
     be = backend(runner)
-    first = be.sync(plan(WEB, DNS), full=True)
-    again = be.sync(NodePlan("node-a", plan(WEB, DNS).services), full=False)
+    first = be.sync(node_plan(WEB, DNS), full=True)
+    again = be.sync(NodePlan("node-a", node_plan(WEB, DNS).services), full=False)
     assert again.rules == first.rules

@@ -34,9 +34,18 @@ from proxyd.backends.iptables import (
 from proxyd.backends.iptables_render import RenderOptions, chain_name
 from proxyd.model import Endpoint, IPFamily, Protocol, ServicePlan, TrafficPolicy
 from proxyd.sandbox.netns import Answer, Client, Node, Pod, Topology
-from tests.builders import ep, list_obj, node_obj, pool_obj, port_obj, slice_obj, svc_obj
+from tests.builders import (
+    ep,
+    list_obj,
+    node_obj,
+    node_plan,
+    pool_obj,
+    port_obj,
+    slice_obj,
+    sp,
+    svc_obj,
+)
 from tests.conftest import require
-from tests.test_iptables_render import plan, sp
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
@@ -113,7 +122,7 @@ class Proxy:
     node: Node
 
     def sync(self, *services: ServicePlan, full: bool = True) -> SyncResult:
-        result = self.backend.sync(plan(*services), full=full)
+        result = self.backend.sync(node_plan(*services), full=full)
         assert result.ok, f"{result.error}\n{result.detail}"
         return result
 
@@ -450,7 +459,7 @@ def test_failed_restore_leaves_the_previous_rules_working(cluster: Cluster, prox
     new = replace(old, internal=tuple(eps(Protocol.TCP, cluster.b)))
     new = replace(new, external=new.internal)
     proxy.runner.inject = "-A PROXYD-SERVICES -j PROXYD-NO-SUCH-CHAIN"
-    failed = proxy.backend.sync(plan(new), full=False)
+    failed = proxy.backend.sync(node_plan(new), full=False)
     assert not failed.ok
     assert failed.error is not None and failed.error.startswith("iptables-restore failed")
     assert pods_of(cluster.node1.probe("tcp", "10.96.1.16", 80, count=5)) == {"a"}
@@ -463,7 +472,7 @@ def test_failed_restore_leaves_the_previous_rules_working(cluster: Cluster, prox
 def test_refused_payload_reports_the_offending_line(cluster: Cluster, proxy: Proxy) -> None:
     proxy.sync(service("good", "10.96.1.18", Protocol.TCP, [cluster.a]))
     bad = sp("bad", internal=[ep("10.244.1.300")], cluster_ips=("10.96.1.19",))
-    failed = proxy.backend.sync(plan(bad), full=False)
+    failed = proxy.backend.sync(node_plan(bad), full=False)
     assert not failed.ok
     (marked,) = [ln for ln in failed.detail.splitlines() if ln.startswith(">")]
     assert "10.244.1.300" in marked
@@ -513,30 +522,14 @@ def test_proxyd_cleanup_kube_proxy_removes_its_leftovers_only(
 ) -> None:
     node = cluster.node2
     node.run(tool(variant, IPFamily.IPV4, "restore"), "--noflush", stdin=KUBE_PROXY_LEFTOVERS)
-    done = node.run(
-        sys.executable,
-        "-m",
-        "proxyd",
-        "cleanup",
-        "--kube-proxy",
-        "--iptables-backend",
-        str(variant),
-        check=False,
-    )
+    cleanup = ("cleanup", "--kube-proxy", "--iptables-backend", str(variant))
+    done = node.run(sys.executable, "-m", "proxyd", *cleanup, check=False)
     assert done.returncode == 0, done.stderr
     save = node.run(tool(variant, IPFamily.IPV4, "save")).stdout
     assert "KUBE-SERVICES" not in save and "KUBE-SVC-" not in save and "KUBE-SEP-" not in save
     for kubelet in ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY", "KUBE-FIREWALL", "KUBE-MARK-DROP"):
         assert kubelet in save
-    again = node.run(
-        sys.executable,
-        "-m",
-        "proxyd",
-        "cleanup",
-        "--kube-proxy",
-        "--iptables-backend",
-        str(variant),
-    )
+    again = node.run(sys.executable, "-m", "proxyd", *cleanup)
     assert "nothing to remove" in again.stdout
     node.run(
         tool(variant, IPFamily.IPV4, "restore"),

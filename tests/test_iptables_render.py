@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -35,46 +34,16 @@ from proxyd.backends.iptables_render import (
     render_service,
 )
 from proxyd.model import (
-    Endpoint,
     IPFamily,
     NodePlan,
     Protocol,
     ServicePlan,
-    ServicePort,
-    ServicePortKey,
-    ServiceRef,
     TrafficPolicy,
 )
-from tests.builders import ep
+from tests.builders import ep, node_plan, sp
 
 V4, V6 = IPFamily.IPV4, IPFamily.IPV6
 CIDR = RenderOptions(cluster_cidrs=("10.244.0.0/16", "fd00:10:244::/56"))
-
-
-def sp(
-    name: str = "web",
-    *,
-    internal: Sequence[Endpoint] = (),
-    external: Sequence[Endpoint] | None = None,
-    port_name: str = "http",
-    protocol: Protocol = Protocol.TCP,
-    port: int = 80,
-    cluster_ips: Sequence[str] = ("10.96.0.10",),
-    namespace: str = "default",
-    **fields: Any,
-) -> ServicePlan:
-    """A ServicePlan; ``external`` defaults to ``internal``; ServicePort fields by keyword."""
-    key = ServicePortKey(ServiceRef(namespace, name), port_name, protocol)
-    return ServicePlan(
-        port=ServicePort(key=key, port=port, cluster_ips=tuple(cluster_ips), **fields),
-        internal=tuple(internal),
-        external=tuple(internal if external is None else external),
-        mode="none",
-    )
-
-
-def plan(*services: ServicePlan) -> NodePlan:
-    return NodePlan(node="node-a", services=tuple(sorted(services, key=lambda s: s.key)))
 
 
 def lines(text: str, chain: str | None = None) -> list[str]:
@@ -91,7 +60,7 @@ EXT_WEB = "PROXYD-EXT-CPPOUM3HC4PKIZHX"
 SEP_WEB_2 = "PROXYD-SEP-5C66M2BK6WKECIF4"  # ... TCP\0 10.244.1.2:8080
 SEP_WEB_3 = "PROXYD-SEP-QOXCW3CLW3ZGKYDN"  # ... TCP\0 10.244.1.3:8080
 
-GOLDEN_PLAN = plan(
+GOLDEN_PLAN = node_plan(
     sp(internal=(ep("10.244.1.2"), ep("10.244.1.3")), node_port=30080),
     sp("dns", port_name="dns", protocol=Protocol.UDP, port=53, cluster_ips=("10.96.0.53",)),
 )
@@ -191,12 +160,12 @@ def test_escape_comment(text: str, token: str) -> None:
 def test_comments_dropped_from_endpoint_rules_above_limit() -> None:
     n = COMMENT_ENDPOINT_LIMIT + 1
     many = [ep(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}") for i in range(n)]
-    text = render(plan(sp(internal=many)), V4, CIDR).text
+    text = render(node_plan(sp(internal=many)), V4, CIDR).text
     per_endpoint = lines(text, "PROXYD-SVC-")[1:] + lines(text, "PROXYD-SEP-")
     assert len(per_endpoint) == 3 * n
     assert not [ln for ln in per_endpoint if "--comment" in ln]
     assert "--comment" in lines(text, "PROXYD-SERVICES")[0]
-    few = render(plan(sp(internal=many[:COMMENT_ENDPOINT_LIMIT])), V4, CIDR).text
+    few = render(node_plan(sp(internal=many[:COMMENT_ENDPOINT_LIMIT])), V4, CIDR).text
     assert all("--comment" in ln for ln in lines(few, "PROXYD-SEP-"))
 
 
@@ -351,7 +320,7 @@ def test_load_balancer_without_ranges_goes_straight_to_ext() -> None:
 
 def test_nodeport_addresses_restrict_the_nodeport_jump() -> None:
     options = RenderOptions(nodeport_addresses=("10.255.0.0/16", "fd00::/8"))
-    text = render(plan(sp(internal=[ep("10.244.1.2")], node_port=30080)), V4, options).text
+    text = render(node_plan(sp(internal=[ep("10.244.1.2")], node_port=30080)), V4, options).text
     (jump,) = [r for r in lines(text, "PROXYD-SERVICES") if r.endswith("-j PROXYD-NODEPORTS")]
     assert "-d 10.255.0.0/16 -m addrtype --dst-type LOCAL" in jump
 
@@ -373,8 +342,8 @@ def test_families_keep_their_own_addresses() -> None:
         external_ips=("192.0.2.10", "2001:db8::10"),
     )
     v4_only = sp("v4", internal=[ep("10.244.1.3")], cluster_ips=("10.96.0.11",))
-    v6_text = render(plan(dual, v4_only), V6, CIDR).text
-    v4_text = render(plan(dual, v4_only), V4, CIDR).text
+    v6_text = render(node_plan(dual, v4_only), V6, CIDR).text
+    v4_text = render(node_plan(dual, v4_only), V4, CIDR).text
     assert "--to-destination [fd00:10:244:1::2]:8080" in v6_text
     assert "-d 2001:db8::10 --dport 80" in v6_text
     assert not re.search(r"\b10\.(96|244)\.|192\.0\.2", v6_text)
@@ -475,9 +444,9 @@ C = sp("c", protocol=Protocol.UDP, internal=[ep("10.244.1.5")], cluster_ips=("10
 
 
 def test_partial_sync_writes_only_the_changed_service() -> None:
-    first = render(plan(A, B, C), V4, CIDR)
+    first = render(node_plan(A, B, C), V4, CIDR)
     a2 = replace(A, internal=(ep("10.244.1.2"), ep("10.244.1.9")), external=())
-    second = render(plan(a2, B, C), V4, CIDR, first.state)
+    second = render(node_plan(a2, B, C), V4, CIDR, first.state)
     assert not second.full
     assert second.written == {a2.key}
     svc_a = chain_name("PROXYD-SVC-", "default", "a", "http", "TCP")
@@ -488,17 +457,17 @@ def test_partial_sync_writes_only_the_changed_service() -> None:
     assert f"-X {gone}" in second.text
     assert "*filter" not in second.text  # nothing changed there
     assert ":PROXYD-SERVICES" not in second.text  # cluster IP jump unchanged
-    assert second.rules == render(plan(a2, B, C), V4, CIDR).rules
+    assert second.rules == render(node_plan(a2, B, C), V4, CIDR).rules
     assert (
         applied(first.text, second.text).own()
-        == applied(render(plan(a2, B, C), V4, CIDR).text).own()
+        == applied(render(node_plan(a2, B, C), V4, CIDR).text).own()
     )
 
 
 def test_partial_sync_rewrites_shared_chain_when_its_lines_change() -> None:
-    first = render(plan(A, B), V4, CIDR)
+    first = render(node_plan(A, B), V4, CIDR)
     b_empty = replace(B, internal=(), external=())
-    second = render(plan(A, b_empty), V4, CIDR, first.state)
+    second = render(node_plan(A, b_empty), V4, CIDR, first.state)
     assert "*filter\n:PROXYD-SERVICES - [0:0]" in second.text  # REJECT appears
     assert ":PROXYD-EXTERNAL-SERVICES - [0:0]" in second.text
     assert "*nat\n:PROXYD-SERVICES - [0:0]\n:PROXYD-NODEPORTS - [0:0]" in second.text
@@ -506,31 +475,34 @@ def test_partial_sync_rewrites_shared_chain_when_its_lines_change() -> None:
 
 
 def test_nothing_changed_writes_nothing() -> None:
-    first = render(plan(A, B, C), V4, CIDR)
-    again = render(plan(A, B, replace(C, mode="other reason")), V4, CIDR, first.state)
+    first = render(node_plan(A, B, C), V4, CIDR)
+    again = render(node_plan(A, B, replace(C, mode="other reason")), V4, CIDR, first.state)
     assert again.text == "" and again.written == frozenset()
     assert again.rules == first.rules
 
 
 def test_removed_service_chains_are_deleted() -> None:
-    first = render(plan(A, B), V4, CIDR)
-    second = render(plan(A), V4, CIDR, first.state)
+    first = render(node_plan(A, B), V4, CIDR)
+    second = render(node_plan(A), V4, CIDR, first.state)
     assert second.removed == {B.key}
     deleted = {ln[3:] for ln in second.text.splitlines() if ln.startswith("-X ")}
     assert deleted == set(render_service(B, V4, CIDR).chains)
-    assert applied(first.text, second.text).own() == applied(render(plan(A), V4, CIDR).text).own()
+    assert (
+        applied(first.text, second.text).own()
+        == applied(render(node_plan(A), V4, CIDR).text).own()
+    )
 
 
 def test_changed_options_force_a_full_render() -> None:
-    first = render(plan(A), V4, CIDR)
-    again = render(plan(A), V4, RenderOptions(masquerade_bit=15), first.state)
+    first = render(node_plan(A), V4, CIDR)
+    again = render(node_plan(A), V4, RenderOptions(masquerade_bit=15), first.state)
     assert again.full and "--or-mark 0x8000" in again.text
 
 
 def test_full_render_deletes_stale_chains_found_in_the_kernel_only() -> None:
     stale = chain_name("PROXYD-SVC-", "default", "old", "http", "TCP")
     existing = {"nat": {stale, "KUBE-SVC-XYZ", "PROXYD-SERVICES"}, "filter": {"PROXYD-GONE-X"}}
-    text = render(plan(A), V4, CIDR, existing=existing).text
+    text = render(node_plan(A), V4, CIDR, existing=existing).text
     assert f"-X {stale}" in text
     assert "KUBE-SVC-XYZ" not in text
     assert "-X PROXYD-SERVICES" not in text
@@ -538,10 +510,13 @@ def test_full_render_deletes_stale_chains_found_in_the_kernel_only() -> None:
 
 
 def test_full_render_with_previous_state_deletes_its_chains() -> None:
-    first = render(plan(A, B), V4, CIDR)
-    full = render(plan(A), V4, CIDR, first.state, full=True)
+    first = render(node_plan(A, B), V4, CIDR)
+    full = render(node_plan(A), V4, CIDR, first.state, full=True)
     assert full.full and full.written == {A.key}
-    assert applied(first.text, full.text).own() == applied(render(plan(A), V4, CIDR).text).own()
+    assert (
+        applied(first.text, full.text).own()
+        == applied(render(node_plan(A), V4, CIDR).text).own()
+    )
 
 
 ENDPOINTS = [ep(f"10.244.1.{i}") for i in range(2, 7)] + [ep("fd00:10:244:1::2")]
@@ -570,7 +545,7 @@ def service_plans(draw: st.DrawFn) -> ServicePlan:
 
 
 def plans_of(services: list[ServicePlan]) -> NodePlan:
-    return plan(*{s.key: s for s in services}.values())
+    return node_plan(*{s.key: s for s in services}.values())
 
 
 @settings(max_examples=150, deadline=None)
@@ -659,7 +634,7 @@ def test_missing_jumps_are_those_without_a_rule_targeting_their_chain() -> None:
 
 
 def test_jumps_are_inserted_first_in_declared_order() -> None:
-    text = render(plan(A), V4, CIDR, jumps=JUMPS).text
+    text = render(node_plan(A), V4, CIDR, jumps=JUMPS).text
     tables = applied(text).tables
     assert [jump_target(r) for r in tables["filter"]["INPUT"]] == [
         "PROXYD-PROXY-FIREWALL",
@@ -686,7 +661,7 @@ def test_cleanup_of_kube_proxy_spares_the_kubelet_chains() -> None:
 
 
 def test_cleanup_applies_cleanly_and_is_idempotent() -> None:
-    tables = applied(render(plan(A, B), V4, CIDR, jumps=JUMPS).text)
+    tables = applied(render(node_plan(A, B), V4, CIDR, jumps=JUMPS).text)
     dump = "\n".join(
         line
         for name, chains in tables.tables.items()
@@ -712,7 +687,7 @@ def test_large_nft_payload_opens_with_a_chain_less_listing() -> None:
         )
         for i in range(100)
     ]
-    text = render(plan(*many), V4, CIDR, jumps=JUMPS, nft=True).text
+    text = render(node_plan(*many), V4, CIDR, jumps=JUMPS, nft=True).text
     nat = text.split("*nat\n", 1)[1].splitlines()
     assert nat[:4] == [
         "-S",
@@ -721,9 +696,12 @@ def test_large_nft_payload_opens_with_a_chain_less_listing() -> None:
         ":POSTROUTING ACCEPT [0:0]",
     ]
     assert "-S\n" not in text.split("*nat")[0]
-    assert "-S\n" not in render(plan(*many), V4, CIDR, jumps=JUMPS).text  # legacy
-    assert "-S\n" not in render(plan(*many[:5]), V4, CIDR, nft=True).text  # small
-    assert applied(text).own() == applied(render(plan(*many), V4, CIDR, jumps=JUMPS).text).own()
+    assert "-S\n" not in render(node_plan(*many), V4, CIDR, jumps=JUMPS).text  # legacy
+    assert "-S\n" not in render(node_plan(*many[:5]), V4, CIDR, nft=True).text  # small
+    assert (
+        applied(text).own()
+        == applied(render(node_plan(*many), V4, CIDR, jumps=JUMPS).text).own()
+    )
 
 
 def test_cleanup_of_many_chains_on_nft_opens_with_a_listing() -> None:
@@ -734,6 +712,6 @@ def test_cleanup_of_many_chains_on_nft_opens_with_a_listing() -> None:
 
 
 def test_family_state_lists_its_chains() -> None:
-    state = render(plan(A), V4, CIDR).state
+    state = render(node_plan(A), V4, CIDR).state
     assert isinstance(state, FamilyState)
     assert state.chains() == set(render_service(A, V4, CIDR).chains)

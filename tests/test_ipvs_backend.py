@@ -27,16 +27,8 @@ from proxyd.backends.ipvs import (
     SetService,
 )
 from proxyd.backends.ipvs_plan import IpvsOptions, RealServer, SetSpec, VirtualServer, VsKey
-from proxyd.model import (
-    Endpoint,
-    NodePlan,
-    Protocol,
-    ServicePlan,
-    ServicePort,
-    ServicePortKey,
-    ServiceRef,
-)
-from tests.builders import ep
+from proxyd.model import Endpoint, NodePlan, Protocol
+from tests.builders import ep, node_plan, sp
 
 VIP = "10.96.0.10"
 KEY = VsKey(Protocol.TCP, VIP, 80)
@@ -145,9 +137,15 @@ def plan(
     scheduler: str | None = None,
     node_port: int | None = None,
 ) -> NodePlan:
-    key = ServicePortKey(ServiceRef("default", "web"), "http", protocol)
-    port = ServicePort(key, 80, (VIP,), node_port=node_port, ipvs_scheduler=scheduler)
-    return NodePlan("node-a", (ServicePlan(port, eps, eps, "none"),), ("192.168.1.5",))
+    """Service port default/web:http at VIP:80 with ``eps``, on a node at 192.168.1.5."""
+    web = sp(
+        internal=eps,
+        protocol=protocol,
+        cluster_ips=(VIP,),
+        node_port=node_port,
+        ipvs_scheduler=scheduler,
+    )
+    return node_plan(web, addresses=("192.168.1.5",))
 
 
 A, B, C = ep("10.244.1.2"), ep("10.244.1.3"), ep("10.244.1.4")
@@ -291,7 +289,7 @@ def test_only_proxyds_virtual_servers_are_ever_changed(
     backend.sync(plan(A, node_port=30080), full=True)
     assert VsKey(Protocol.TCP, "192.168.1.5", 30080) in kernel.vs
     kernel.ops.clear()
-    backend.sync(NodePlan("node-a", (), ("192.168.1.5",)), full=True)
+    backend.sync(node_plan(addresses=("192.168.1.5",)), full=True)
     assert set(kernel.vs) == {foreign, foreign_np}
     kinds = [type(op) for op in kernel.ops]
     assert max(i for i, k in enumerate(kinds) if k is DelService) < min(
@@ -354,18 +352,16 @@ def test_cleanup_removes_only_proxyds_state(backend: IpvsBackend, kernel: FakeKe
 
 
 def test_partial_sync_looks_only_at_changed_service_ports(kernel: FakeKernel) -> None:
-    def sp(name: str, vip: str, *eps: Endpoint) -> ServicePlan:
-        key = ServicePortKey(ServiceRef("default", name), "http", Protocol.TCP)
-        return ServicePlan(ServicePort(key, 80, (vip,)), eps, eps, "none")
-
-    web, api = sp("web", VIP, A), sp("api", "10.96.0.11", B)
+    web = sp(internal=[A], cluster_ips=(VIP,))
+    api = sp("api", internal=[B], cluster_ips=("10.96.0.11",))
     backend = IpvsBackend(kernel, FakeRunner(), clock=Clock())
-    backend.sync(NodePlan("node-a", (api, web)), full=True)
+    backend.sync(node_plan(api, web), full=True)
     drift = VsKey(Protocol.TCP, "10.96.0.11", 80)
     kernel.dests_[drift][("10.244.1.3", 8080)] = KernelDest("10.244.1.3", 8080, 7)  # drift
     kernel.ops.clear()
-    result = backend.sync(NodePlan("node-a", (api, sp("web", VIP, A, C))), full=False)
+    moved = sp(internal=[A, C], cluster_ips=(VIP,))
+    result = backend.sync(node_plan(api, moved), full=False)
     assert kernel.ops == [AddDest(KEY, RealServer("10.244.1.4", 8080))]
     assert {k.service.name for k in result.written} == {"web"}
-    backend.sync(NodePlan("node-a", (api, sp("web", VIP, A, C))), full=True)  # full repairs
+    backend.sync(node_plan(api, moved), full=True)  # full repairs
     assert weights(kernel, drift) == {"10.244.1.3": 1}

@@ -24,38 +24,19 @@ from proxyd.backends.ipvs_plan import (
 from proxyd.model import (
     Endpoint,
     IPFamily,
-    NodePlan,
     Protocol,
     ServicePlan,
-    ServicePort,
-    ServicePortKey,
-    ServiceRef,
     TrafficPolicy,
 )
-from tests.builders import ep
+from tests.builders import ep, node_plan, sp
 
 NODE = "node-a"
+TWO = (ep("10.244.1.2"), ep("10.244.1.3"))
 
 
-def splan(
-    name: str = "web",
-    *,
-    internal: tuple[Endpoint, ...] = (ep("10.244.1.2"), ep("10.244.1.3")),
-    external: tuple[Endpoint, ...] | None = None,
-    protocol: Protocol = Protocol.TCP,
-    port: int = 80,
-    cluster_ips: tuple[str, ...] = ("10.96.0.10",),
-    **fields: Any,
-) -> ServicePlan:
-    """One service port's plan; external endpoints default to the internal ones."""
-    key = ServicePortKey(ServiceRef("default", name), "http", protocol)
-    sp = ServicePort(key=key, port=port, cluster_ips=cluster_ips, **fields)
-    ext = internal if external is None else external
-    return ServicePlan(port=sp, internal=internal, external=ext, mode="none")
-
-
-def nplan(*services: ServicePlan, addresses: tuple[str, ...] = ()) -> NodePlan:
-    return NodePlan(NODE, tuple(sorted(services, key=lambda s: s.key)), addresses)
+def splan(name: str = "web", *, internal: tuple[Endpoint, ...] = TWO, **fields: Any) -> ServicePlan:
+    """One service port's plan, with two endpoints unless told otherwise."""
+    return sp(name, internal=internal, **fields)
 
 
 def vs(ip: str, port: int = 80, proto: Protocol = Protocol.TCP) -> VsKey:
@@ -67,7 +48,7 @@ def reals(state: Any, key: VsKey) -> set[str]:
 
 
 def test_cluster_ip_gets_a_virtual_server_with_internal_endpoints_bound_and_in_set() -> None:
-    state = desired_state(nplan(splan()))
+    state = desired_state(node_plan(splan()))
     svc = state.services[vs("10.96.0.10")]
     assert svc.server == VirtualServer(vs("10.96.0.10"), "rr", frozenset(), 0)
     assert set(svc.reals) == {RealServer("10.244.1.2", 8080), RealServer("10.244.1.3", 8080)}
@@ -77,8 +58,8 @@ def test_cluster_ip_gets_a_virtual_server_with_internal_endpoints_bound_and_in_s
 
 
 def test_node_port_gets_a_virtual_server_per_node_address_with_external_endpoints() -> None:
-    sp = splan(node_port=30080, internal=(ep("10.244.1.2"),), external=(ep("10.244.1.3"),))
-    state = desired_state(nplan(sp, addresses=("192.168.1.5", "10.0.0.5")))
+    s = splan(node_port=30080, internal=(ep("10.244.1.2"),), external=(ep("10.244.1.3"),))
+    state = desired_state(node_plan(s, addresses=("192.168.1.5", "10.0.0.5")))
     assert set(state.services) == {
         vs("10.96.0.10"),
         vs("192.168.1.5", 30080),
@@ -91,9 +72,9 @@ def test_node_port_gets_a_virtual_server_per_node_address_with_external_endpoint
 
 
 def test_nodeport_addresses_limit_which_node_addresses_serve() -> None:
-    sp = splan(node_port=30080)
+    s = splan(node_port=30080)
     state = desired_state(
-        nplan(sp, addresses=("192.168.1.5", "10.0.0.5")),
+        node_plan(s, addresses=("192.168.1.5", "10.0.0.5")),
         IpvsOptions(nodeport_addresses=("10.0.0.0/8",)),
     )
     assert {k for k in state.services if k.port == 30080} == {vs("10.0.0.5", 30080)}
@@ -116,13 +97,13 @@ def test_nodeport_addresses_limit_which_node_addresses_serve() -> None:
 def test_external_and_lb_ips_use_external_endpoints_and_policy_sets(
     policy: TrafficPolicy, ext_set: str, lb_set: str
 ) -> None:
-    sp = splan(
+    s = splan(
         external=(ep("10.244.1.3"),),
         external_ips=("203.0.113.7",),
         load_balancer_ips=("198.51.100.9",),
         external_traffic_policy=policy,
     )
-    state = desired_state(nplan(sp))
+    state = desired_state(node_plan(s))
     assert reals(state, vs("203.0.113.7")) == {"10.244.1.3:8080"}
     assert reals(state, vs("198.51.100.9")) == {"10.244.1.3:8080"}
     assert state.addresses == {"10.96.0.10", "203.0.113.7", "198.51.100.9"}
@@ -131,22 +112,22 @@ def test_external_and_lb_ips_use_external_endpoints_and_policy_sets(
 
 
 def test_lb_source_ranges_fill_the_firewall_sets_per_family() -> None:
-    sp = splan(
+    s = splan(
         load_balancer_ips=("198.51.100.9",), load_balancer_source_ranges=("10.1.0.0/16", "fd00::/8")
     )
-    state = desired_state(nplan(sp))
+    state = desired_state(node_plan(s))
     assert state.sets["PROXYD-LB-FW"] == {"198.51.100.9,tcp:80"}
     assert state.sets["PROXYD-LB-SOURCE-CIDR"] == {"198.51.100.9,tcp:80,10.1.0.0/16"}
 
 
 def test_session_affinity_becomes_persistence() -> None:
-    state = desired_state(nplan(splan(session_affinity_timeout=10800)))
+    state = desired_state(node_plan(splan(session_affinity_timeout=10800)))
     assert state.services[vs("10.96.0.10")].server.persistence == 10800
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_every_kernel_scheduler_is_accepted(name: str) -> None:
-    state = desired_state(nplan(splan(ipvs_scheduler=name)))
+    state = desired_state(node_plan(splan(ipvs_scheduler=name)))
     assert state.services[vs("10.96.0.10")].server.scheduler == name
     assert not state.warnings
 
@@ -170,46 +151,47 @@ def test_parse_scheduler(value: str, want: tuple[str, set[str]], problems: int) 
 
 
 def test_unknown_scheduler_falls_back_to_the_default_with_a_warning() -> None:
-    sp = splan(ipvs_scheduler="fastest")
-    state = desired_state(nplan(sp), IpvsOptions(default_scheduler="lc"))
+    s = splan(ipvs_scheduler="fastest")
+    state = desired_state(node_plan(s), IpvsOptions(default_scheduler="lc"))
     assert state.services[vs("10.96.0.10")].server.scheduler == "lc"
-    assert [(w.key, w.reason) for w in state.warnings] == [(sp.key, "unknown_scheduler")]
+    assert [(w.key, w.reason) for w in state.warnings] == [(s.key, "unknown_scheduler")]
 
 
 def test_unknown_default_scheduler_falls_back_to_rr_with_a_warning() -> None:
-    state = desired_state(nplan(splan()), IpvsOptions(default_scheduler="nope"))
+    state = desired_state(node_plan(splan()), IpvsOptions(default_scheduler="nope"))
     assert state.services[vs("10.96.0.10")].server.scheduler == "rr"
     assert [(w.key, w.reason) for w in state.warnings] == [(None, "unknown_scheduler")]
 
 
 def test_service_without_endpoints_keeps_its_virtual_server_and_is_rejected() -> None:
-    state = desired_state(nplan(splan(internal=(), node_port=30080), addresses=("10.0.0.5",)))
+    state = desired_state(node_plan(splan(internal=(), node_port=30080), addresses=("10.0.0.5",)))
     assert state.services[vs("10.96.0.10")].reals == ()
     assert state.sets["PROXYD-NO-ENDPOINTS"] == {"10.96.0.10,tcp:80", "10.0.0.5,tcp:30080"}
     assert state.sets["PROXYD-NO-LOCAL-ENDPOINTS"] == set()
 
 
 def test_local_policy_without_local_endpoints_drops_only_external_traffic() -> None:
-    sp = splan(external=(), node_port=30080, external_traffic_policy=TrafficPolicy.LOCAL)
-    state = desired_state(nplan(sp, addresses=("10.0.0.5",)))
+    s = splan(external=(), node_port=30080, external_traffic_policy=TrafficPolicy.LOCAL)
+    state = desired_state(node_plan(s, addresses=("10.0.0.5",)))
     assert state.sets["PROXYD-NO-LOCAL-ENDPOINTS"] == {"10.0.0.5,tcp:30080"}
     assert state.sets["PROXYD-NO-ENDPOINTS"] == set()
     assert state.sets["PROXYD-NODE-PORT-LOCAL-TCP"] == {"30080"}
 
 
 def test_endpoints_on_this_node_are_hairpin_masqueraded() -> None:
-    sp = splan(internal=(ep("10.244.1.2", node_name=NODE), ep("10.244.2.2", node_name="b")))
-    assert desired_state(nplan(sp)).sets["PROXYD-LOOP-BACK"] == {"10.244.1.2,tcp:8080,10.244.1.2"}
+    s = splan(internal=(ep("10.244.1.2", node_name=NODE), ep("10.244.2.2", node_name="b")))
+    sets = desired_state(node_plan(s)).sets
+    assert sets["PROXYD-LOOP-BACK"] == {"10.244.1.2,tcp:8080,10.244.1.2"}
 
 
 def test_dual_stack_keeps_families_apart() -> None:
-    sp = splan(
+    s = splan(
         cluster_ips=("10.96.0.10", "fd00::10"),
         internal=(ep("10.244.1.2"), ep("fd00:244::2")),
         protocol=Protocol.UDP,
         port=53,
     )
-    state = desired_state(nplan(sp))
+    state = desired_state(node_plan(s))
     assert reals(state, vs("fd00::10", 53, Protocol.UDP)) == {"fd00:244::2:8080"}
     assert reals(state, vs("10.96.0.10", 53, Protocol.UDP)) == {"10.244.1.2:8080"}
     assert state.sets["PROXYD-6-CLUSTER-IP"] == {"fd00::10,udp:53"}
@@ -218,13 +200,13 @@ def test_dual_stack_keeps_families_apart() -> None:
 def test_second_claim_of_a_virtual_server_is_a_conflict_warning() -> None:
     a = splan("a", external_ips=("203.0.113.7",))
     b = splan("b", cluster_ips=("10.96.0.11",), external_ips=("203.0.113.7",))
-    state = desired_state(nplan(a, b))
+    state = desired_state(node_plan(a, b))
     assert state.services[vs("203.0.113.7")].owner == a.key
     assert [(w.key, w.reason) for w in state.warnings] == [(b.key, "conflict")]
 
 
 def test_listing_is_ipvsadm_shaped_and_sorted_like_ipvsadm() -> None:
-    plan = nplan(
+    plan = node_plan(
         splan("dns", protocol=Protocol.UDP, port=53, internal=(ep("10.244.1.9", 53),)),
         splan("b", cluster_ips=("10.96.0.9",), internal=(ep("10.244.1.10"), ep("10.244.1.9"))),
         splan("a", ipvs_scheduler="sh:port", session_affinity_timeout=60, internal=()),
@@ -238,7 +220,7 @@ def test_listing_is_ipvsadm_shaped_and_sorted_like_ipvsadm() -> None:
         "  -> 10.244.1.9:53                Masq    1\n"
     )
     assert listing(desired_state(plan)) == listing(plan)
-    assert listing(nplan()) == ""
+    assert listing(node_plan()) == ""
 
 
 def test_set_names_fit_the_kernel_limit_and_every_rule_set_exists() -> None:
@@ -247,7 +229,7 @@ def test_set_names_fit_the_kernel_limit_and_every_rule_set_exists() -> None:
     for fam in IPFamily:
         used = set(re.findall(r"--match-set (\S+)", restore_text(fam, IpvsOptions())))
         assert used <= names
-    assert set(desired_state(nplan()).sets) == names
+    assert set(desired_state(node_plan()).sets) == names
 
 
 def test_restore_text_declares_only_own_chains_and_inserts_only_missing_jumps() -> None:

@@ -6,24 +6,18 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from proxyd.metrics import DURATION_BUCKETS, PROGRAMMING_BUCKETS, Metrics
-from proxyd.model import (
-    Endpoint,
-    NodePlan,
-    Protocol,
-    ServicePlan,
-    ServicePort,
-    ServicePortKey,
-    ServiceRef,
-    TrafficPolicy,
-)
+from proxyd.model import ServicePlan, TrafficPolicy
+from tests.builders import ep, node_plan, sp
 from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
+LOCAL = TrafficPolicy.LOCAL
 
 
 def fresh(restore_based: bool = True) -> tuple[Metrics, CollectorRegistry]:
@@ -35,13 +29,10 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None
     return registry.get_sample_value(name, labels)
 
 
-def sp(name: str, mode: str, n_internal: int, *, itp=TrafficPolicy.CLUSTER,
-       etp=TrafficPolicy.CLUSTER, local: int = 0, node_port: int | None = None) -> ServicePlan:
-    key = ServicePortKey(ServiceRef("ns", name), "p", Protocol.TCP)
-    eps = tuple(Endpoint(f"10.0.0.{i + 1}", 80) for i in range(n_internal))
-    port = ServicePort(key=key, port=80, internal_traffic_policy=itp,
-                       external_traffic_policy=etp, node_port=node_port)
-    return ServicePlan(port=port, internal=eps, external=eps, mode=mode, local_endpoints=local)
+def counted(name: str, mode: str, n_internal: int, **fields: Any) -> ServicePlan:
+    """Service port ``name`` whose ``n_internal`` endpoints were chosen by ``mode``."""
+    internal = [ep(f"10.0.0.{i + 1}", 80) for i in range(n_internal)]
+    return sp(name, internal=internal, mode=mode, **fields)
 
 
 def test_buckets_reach_thirty_minutes() -> None:
@@ -113,13 +104,13 @@ def test_queued_and_pending_changes() -> None:
 
 def test_plan_gauges_per_mode_and_vanished_modes_disappear() -> None:
     m, r = fresh()
-    first = NodePlan("n1", (
-        sp("a", "PreferSameZone", 2),
-        sp("b", "PreferSameZone", 1),
-        sp("c", "openyurt:nodepool", 0),
-        sp("d", "internalTrafficPolicy:Local", 0, itp=TrafficPolicy.LOCAL),
-        sp("e", "none", 3, etp=TrafficPolicy.LOCAL, local=0, node_port=30001),
-    ))
+    first = node_plan(
+        counted("a", "PreferSameZone", 2),
+        counted("b", "PreferSameZone", 1),
+        counted("c", "openyurt:nodepool", 0),
+        counted("d", "internalTrafficPolicy:Local", 0, internal_traffic_policy=LOCAL),
+        counted("e", "none", 3, external_traffic_policy=LOCAL, local_endpoints=0, node_port=30001),
+    )
     candidates = {s.key: 4 for s in first.services}
     m.observe_plan(first, candidates)
     assert value(r, "proxyd_service_ports", mode="PreferSameZone") == 2
@@ -131,7 +122,7 @@ def test_plan_gauges_per_mode_and_vanished_modes_disappear() -> None:
     assert value(r, "proxyd_service_ports_without_local_endpoints",
                  traffic_policy="external") == 1
 
-    m.observe_plan(NodePlan("n1", (sp("a", "none", 1),)), {})
+    m.observe_plan(node_plan(counted("a", "none", 1)), {})
     assert value(r, "proxyd_service_ports", mode="PreferSameZone") is None
     assert value(r, "proxyd_service_ports", mode="none") == 1
     assert value(r, "proxyd_endpoints", mode="none", decision="dropped") == 0
@@ -166,7 +157,7 @@ def _exercised() -> bytes:
     m.observe_programming([10.0], now=11.0, started=0.0)
     m.queued(at=9.0, service_events=1, endpoint_events=1)
     m.set_pending(services=0, endpoints=0)
-    m.observe_plan(NodePlan("n", (sp("a", "none", 1),)), {})
+    m.observe_plan(node_plan(counted("a", "none", 1)), {})
     m.set_warnings(["NodeNotInPool"])
     m.object_rejected("Service", "x")
     m.watch_restart("services", "gone")

@@ -229,75 +229,57 @@ def test_openyurt_scope(case: Case) -> None:
     check(case)
 
 
+def pooled(
+    internal: set[str],
+    node: NodeView | None = None,
+    *,
+    eps: Sequence[Endpoint] = ALL,
+    mode: str = "openyurt:nodepool",
+    warn: str | None = None,
+) -> Case:
+    """The nodepool scope over ``eps`` seen from ``node`` (default: the standard cluster):
+    only pool membership differs from row to row."""
+    node = view() if node is None else node
+    return Case(yurt("openyurt.io/nodepool"), eps, internal, mode=mode, warn=warn, node=node)
+
+
 POOLS = [
     pytest.param(
-        Case(
-            yurt("openyurt.io/nodepool"),
-            ALL,
-            {"a", "b"},
-            mode="openyurt:nodepool",
-            node=view({"n1": {DESIRED: "p1"}, "n2": {POOL: "p1"}, "n3": {POOL: "p2"}}),
-        ),
+        pooled({"a", "b"}, view({"n1": {DESIRED: "p1"}, "n2": {POOL: "p1"}, "n3": {POOL: "p2"}})),
         id="this-node-pool-from-desired-label",
     ),
     pytest.param(
-        Case(
-            yurt("openyurt.io/nodepool"),
-            ALL,
+        pooled(
             {"a", "c"},
-            mode="openyurt:nodepool",
-            node=view({"n1": {POOL: "p2", DESIRED: "p1"}, "n2": {POOL: "p1"}, "n3": {POOL: "p2"}}),
+            view({"n1": {POOL: "p2", DESIRED: "p1"}, "n2": {POOL: "p1"}, "n3": {POOL: "p2"}}),
         ),
         id="nodepool-label-beats-desired",
     ),
     pytest.param(
-        Case(
-            yurt("openyurt.io/nodepool"),
-            ALL,
+        pooled(
             {"a", "b", "d"},
-            mode="openyurt:nodepool",
-            node=view({"n1": {DESIRED: "p1"}, "n2": {DESIRED: "p1"}, "n4": {DESIRED: "p1"}}),
+            view({"n1": {DESIRED: "p1"}, "n2": {DESIRED: "p1"}, "n4": {DESIRED: "p1"}}),
         ),
         id="other-nodes-pool-from-desired-label",
     ),
     pytest.param(
-        Case(
-            yurt("openyurt.io/nodepool"),
-            ALL,
-            {"a", "c"},
-            mode="openyurt:nodepool",
-            node=view(pools={"p1": {"n1", "n3"}, "p2": {"n2", "n4"}}),
-        ),
+        pooled({"a", "c"}, view(pools={"p1": {"n1", "n3"}, "p2": {"n2", "n4"}})),
         id="nodepool-object-beats-labels",
     ),
     pytest.param(
-        Case(
-            yurt("openyurt.io/nodepool"),
-            ALL,
-            {"a", "d"},
-            mode="openyurt:nodepool",
-            node=view(pools={"p1": {"n4"}}),
-        ),
+        pooled({"a", "d"}, view(pools={"p1": {"n4"}})),
         id="this-node-member-of-own-pool-even-if-status-lags",
     ),
     pytest.param(
-        Case(
-            yurt("openyurt.io/nodepool"),
-            ALL,
-            {"a", "b"},
-            mode="openyurt:nodepool",
-            node=view(pools={"p9": {"n3"}}),
-        ),
+        pooled({"a", "b"}, view(pools={"p9": {"n3"}})),
         id="no-object-for-this-pool-uses-labels",
     ),
     pytest.param(
-        Case(
-            yurt("openyurt.io/nodepool"),
-            ALL,
+        pooled(
             {"a"},
+            view({"n1": {}, "n2": {POOL: "p1"}}),
             mode="openyurt:hostname",
             warn="in no node pool",
-            node=view({"n1": {}, "n2": {POOL: "p1"}}),
         ),
         id="node-in-no-pool-narrows-to-node",
     ),
@@ -313,32 +295,20 @@ POOLS = [
         id="node-in-no-pool-chain-never-widens",
     ),
     pytest.param(
-        Case(
-            yurt("openyurt.io/nodepool"),
-            ALL,
+        pooled(
             {"a", "b", "c", "d"},
+            view({"n1": {POOL: "p1"}, "n2": {}, "n3": {}}),
+            mode="none",
             warn="unknown",
-            node=view({"n1": {POOL: "p1"}, "n2": {}, "n3": {}}),
         ),
         id="pool-membership-unknown-passes-through",
     ),
     pytest.param(
-        Case(
-            yurt("openyurt.io/nodepool"),
-            ALL,
-            {"a"},
-            mode="openyurt:nodepool",
-            node=view({"n1": {POOL: "p9"}, "n2": {POOL: "p1"}}),
-        ),
+        pooled({"a"}, view({"n1": {POOL: "p9"}, "n2": {POOL: "p1"}})),
         id="single-node-pool-is-known-not-unknown",
     ),
     pytest.param(
-        Case(
-            yurt("openyurt.io/nodepool"),
-            [ep("a"), ep("x", "n9")],
-            {"a"},
-            mode="openyurt:nodepool",
-        ),
+        pooled({"a"}, eps=[ep("a"), ep("x", "n9")]),
         id="endpoint-on-unknown-node-is-outside-pool",
     ),
 ]

@@ -9,20 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxyd.model import (
-    AddressType,
     ClusterSnapshot,
     Endpoint,
-    EndpointPort,
     EndpointSlice,
-    PortSpec,
-    Protocol,
     Service,
     ServiceRef,
-    SliceEndpoint,
     TrafficPolicy,
 )
 from proxyd.plan import build_plan
 from proxyd.topology import explain, select
+from tests import builders
 from tests.test_topology import HOST, REGION, ZONE, svc, view
 
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -142,28 +138,16 @@ REFS = [ServiceRef("default", name) for name in ("a", "b", "c", "d")]
 
 @st.composite
 def snapshots(draw: st.DrawFn) -> ClusterSnapshot:
-    services_ = {}
-    slices = {}
+    objects: list[Service | EndpointSlice] = []
     for ref in draw(st.lists(st.sampled_from(REFS), unique=True)):
-        services_[ref] = Service(
-            ref=ref,
-            cluster_ips=("10.96.0.1",),
-            ports=(PortSpec("http", Protocol.TCP, 80),),
-            internal_traffic_policy=draw(policies),
-        )
+        policy = draw(policies)
+        service = builders.svc(ref.name, cluster_ips=("10.96.0.1",), internal_traffic_policy=policy)
+        objects.append(service)
         for n in range(draw(st.integers(0, 2))):
             ips = draw(st.lists(st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3"])))
-            slices[(ref.namespace, f"{ref.name}-{n}")] = EndpointSlice(
-                namespace=ref.namespace,
-                name=f"{ref.name}-{n}",
-                service=ref,
-                address_type=AddressType.IPV4,
-                ports=(EndpointPort("http", Protocol.TCP, 8080),),
-                endpoints=tuple(
-                    SliceEndpoint(ip, ready=draw(st.booleans()), node_name="n1") for ip in ips
-                ),
-            )
-    return ClusterSnapshot(services_, slices, {}, {})
+            endpoints = [builders.sep(ip, ready=draw(st.booleans()), node_name="n1") for ip in ips]
+            objects.append(builders.eps(ref.name, endpoints, name=f"{ref.name}-{n}"))
+    return builders.snapshot(*objects)
 
 
 def _changed(before: ClusterSnapshot, after: ClusterSnapshot) -> frozenset[ServiceRef]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 
+from proxyd.commands.plan import add_source_arguments, load_snapshot
 from proxyd.errors import SourceError
 from proxyd.model import ClusterSnapshot, ServiceRef
 
@@ -27,16 +27,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("service", metavar="NAMESPACE/NAME", type=_parse_ref)
     parser.add_argument("--node", required=True, help="the node whose view to explain")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--manifests",
-        action="extend",
-        nargs="+",
-        metavar="PATH",
-        help="YAML/JSON file or directory of Services, EndpointSlices, Nodes and NodePools "
-        "(repeatable)",
-    )
-    source.add_argument("--kubeconfig", metavar="FILE", help="list the objects from this cluster")
+    add_source_arguments(parser)
     parser.add_argument("--port", metavar="NAME", help="only this port (by name)")
     parser.add_argument(
         "--proxy-name",
@@ -47,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    snapshot = _snapshot(args.manifests, args.kubeconfig)
+    snapshot = load_snapshot(args.manifests, args.kubeconfig, _note)
     if args.node not in snapshot.nodes:
         _note(f"node {args.node} not found: explaining without its labels or pool")
     print(
@@ -63,20 +54,6 @@ def _parse_ref(text: str) -> ServiceRef:
     if not sep or not namespace or not name or "/" in name:
         raise argparse.ArgumentTypeError(f"expected NAMESPACE/NAME, not {text!r}")
     return ServiceRef(namespace, name)
-
-
-def _snapshot(manifests: Sequence[str] | None, kubeconfig: str | None) -> ClusterSnapshot:
-    if manifests is None:
-        from proxyd.sources.kube import snapshot_once
-
-        return snapshot_once(kubeconfig)
-    from proxyd.sources.manifests import load
-    from proxyd.store import ClusterState
-
-    state = ClusterState()
-    for note in load(manifests, state):
-        _note(note)
-    return state.snapshot()
 
 
 def _note(text: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from proxyd.model import ClusterSnapshot, Endpoint, NodePlan, ServicePlan
@@ -19,7 +19,14 @@ from proxyd.model import ClusterSnapshot, Endpoint, NodePlan, ServicePlan
 if TYPE_CHECKING:
     from rich.text import Text
 
-__all__ = ["FORMATS", "plan_to_json", "register", "service_plan_to_json"]
+__all__ = [
+    "FORMATS",
+    "add_source_arguments",
+    "load_snapshot",
+    "plan_to_json",
+    "register",
+    "service_plan_to_json",
+]
 
 FORMATS: tuple[str, ...] = ("json", "table", "ipvs")
 """Output formats of ``--format``; the first is the default."""
@@ -33,16 +40,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "traffic to and the rule that chose them. Changes nothing.",
     )
     parser.add_argument("--node", required=True, help="the node to plan for")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--manifests",
-        action="extend",
-        nargs="+",
-        metavar="PATH",
-        help="YAML/JSON file or directory of Services, EndpointSlices, Nodes and NodePools "
-        "(repeatable)",
-    )
-    source.add_argument("--kubeconfig", metavar="FILE", help="list the objects from this cluster")
+    add_source_arguments(parser)
     parser.add_argument("--format", choices=FORMATS, default=FORMATS[0])
     parser.add_argument(
         "--proxy-name",
@@ -53,10 +51,43 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=run)
 
 
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the read-only commands (plan, explain) get the cluster from: exactly one of
+    ``--manifests`` and ``--kubeconfig``; :func:`load_snapshot` reads it."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--manifests",
+        action="extend",
+        nargs="+",
+        metavar="PATH",
+        help="YAML/JSON file or directory of Services, EndpointSlices, Nodes and NodePools "
+        "(repeatable)",
+    )
+    source.add_argument("--kubeconfig", metavar="FILE", help="list the objects from this cluster")
+
+
+def load_snapshot(
+    manifests: Sequence[str] | None, kubeconfig: str | None, note: Callable[[str], None]
+) -> ClusterSnapshot:
+    """The cluster from manifests (offline; what they hold but proxyd ignores goes to
+    ``note``) or, without manifests, from one listing of the API."""
+    if manifests is None:
+        from proxyd.sources.kube import snapshot_once
+
+        return snapshot_once(kubeconfig)
+    from proxyd.sources.manifests import load
+    from proxyd.store import ClusterState
+
+    state = ClusterState()
+    for text in load(manifests, state):
+        note(text)
+    return state.snapshot()
+
+
 def run(args: argparse.Namespace) -> int:
     from proxyd.plan import build_plan
 
-    snapshot = _snapshot(args.manifests, args.kubeconfig)
+    snapshot = load_snapshot(args.manifests, args.kubeconfig, _note)
     if args.node not in snapshot.nodes:
         _note(
             f"node {args.node} not found among {len(snapshot.nodes)} nodes: planning "
@@ -72,20 +103,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(plan_to_json(plan), indent=2))
     return 0
-
-
-def _snapshot(manifests: Sequence[str] | None, kubeconfig: str | None) -> ClusterSnapshot:
-    if manifests is None:
-        from proxyd.sources.kube import snapshot_once
-
-        return snapshot_once(kubeconfig)
-    from proxyd.sources.manifests import load
-    from proxyd.store import ClusterState
-
-    state = ClusterState()
-    for note in load(manifests, state):
-        _note(note)
-    return state.snapshot()
 
 
 def _note(text: str) -> None:

@@ -53,6 +53,7 @@ from rich.text import Text
 from proxyd.errors import ProxydError
 from proxyd.model import Protocol, TrafficPolicy
 from proxyd.runner import Clock
+from proxyd.sandbox.netns import Netns, ip_batch, run_ip
 
 __all__ = [
     "DEFAULT_SCENARIO",
@@ -860,23 +861,6 @@ def in_netns(jobs: Sequence[tuple[str, Callable[[], _T]]]) -> list[_T]:
     return [results[i] for i in range(len(jobs))]
 
 
-def _ip(argv: Sequence[str], stdin: str | None = None, *, check: bool = True) -> str:
-    try:
-        done = subprocess.run(
-            ["ip", *argv], input=stdin, capture_output=True, text=True, check=False, timeout=30
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ProxydError(f"ip {' '.join(argv)}: {exc}") from exc
-    if check and done.returncode != 0:
-        raise ProxydError(f"ip {' '.join(argv)}: {done.stderr.strip()}")
-    return done.stdout
-
-
-def _ip_batch(lines: Sequence[str], netns: str | None = None) -> None:
-    """All ``lines`` in one ``ip -batch`` (one process per namespace, not per command)."""
-    _ip([*(("-n", netns) if netns else ()), "-b", "-"], "\n".join(lines) + "\n")
-
-
 def _failure_cause(err: int) -> str:
     return {
         errno.ECONNREFUSED: "refused",
@@ -974,7 +958,7 @@ def _synced(code: int, body: bytes) -> bool:
 
 
 def _namespaces() -> list[str]:
-    return [line.split()[0] for line in _ip(["netns", "list"]).splitlines() if line.strip()]
+    return [line.split()[0] for line in run_ip(["netns", "list"]).splitlines() if line.strip()]
 
 
 def remove_namespaces(names: Iterable[str]) -> None:
@@ -983,11 +967,12 @@ def remove_namespaces(names: Iterable[str]) -> None:
     existing = set(_namespaces())
     doomed = [name for name in names if name in existing]
     for name in doomed:
-        for pid in _ip(["netns", "pids", name], check=False).split():
+        for pid in run_ip(["netns", "pids", name], check=False).split():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
     if doomed:
-        _ip(["-force", "-b", "-"], "".join(f"netns del {name}\n" for name in doomed), check=False)
+        batch = "".join(f"netns del {name}\n" for name in doomed)
+        run_ip(["-force", "-b", "-"], batch, check=False)
 
 
 def new_run_id() -> str:
@@ -1100,14 +1085,14 @@ class NetnsCluster:
                 f"link set {end} master ul0",
                 f"link set {end} up",
             ]
-        _ip_batch(underlay, lay.underlay_netns)
-        _ip_batch(
+        ip_batch(underlay, lay.underlay_netns)
+        ip_batch(
             ["link set lo up", "link set eth0 up", f"addr add {lay.outside_ip}/24 dev eth0"],
             lay.outside_netns,
         )
         for node in nodes:
             others = [n for n in nodes if n != node]
-            _ip_batch(
+            ip_batch(
                 [
                     "link set lo up",
                     "link set eth0 up",
@@ -1131,7 +1116,7 @@ class NetnsCluster:
 
     def _add_namespaces(self, names: Sequence[str]) -> None:
         self._namespaces.extend(names)  # recorded first: a failure half-way is cleaned up too
-        _ip_batch([f"netns add {name}" for name in names])
+        ip_batch([f"netns add {name}" for name in names])
 
     def _veth(self, node: str, end: str, netns: str, ip: str) -> list[str]:
         """Node-side commands for a point-to-point veth to a pod at ``ip``."""
@@ -1144,7 +1129,7 @@ class NetnsCluster:
 
     def _pod_side(self, netns: str, node: str, ip: str) -> None:
         gateway = self._layout.gateway(node)
-        _ip_batch(
+        ip_batch(
             [
                 "link set lo up",
                 "link set eth0 up",
@@ -1160,7 +1145,7 @@ class NetnsCluster:
             return
         self._add_namespaces([lay.pod_netns(p.name) for p in pods])
         for on in dict.fromkeys(p.node for p in pods):
-            _ip_batch(
+            ip_batch(
                 [
                     line
                     for p in pods
@@ -1289,7 +1274,7 @@ class NetnsCluster:
         log = self._workdir / f"{key.replace(':', '-')}.log"
         with log.open("wb") as err:
             proc = subprocess.Popen(
-                ["ip", "netns", "exec", netns, *argv],
+                Netns(netns).argv(*argv),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if pipe else err,
                 stderr=err,

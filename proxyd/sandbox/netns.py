@@ -37,6 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from proxyd.errors import ProxydError
+
 __all__ = [
     "SERVICE_CIDR",
     "SERVICE_CIDR6",
@@ -46,13 +48,37 @@ __all__ = [
     "Node",
     "Pod",
     "Topology",
+    "ip_batch",
     "main",
+    "run_ip",
 ]
 
 SERVICE_CIDR = "10.96.0.0/12"
 SERVICE_CIDR6 = "fd00:10:96::/112"
 _MAX_NAME = 15
 _SETUP_TIMEOUT = 15.0
+_IP_TIMEOUT = 30.0
+
+
+def run_ip(argv: Sequence[str], stdin: str | None = None, *, check: bool = True) -> str:
+    """Run ``ip ARGV`` and return its output; failing to run it, or (with ``check``) a
+    non-zero exit, raises :class:`ProxydError` with ip's own message."""
+    try:
+        done = subprocess.run(
+            ["ip", *argv], input=stdin, capture_output=True, text=True, check=False,
+            timeout=_IP_TIMEOUT,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ProxydError(f"ip {' '.join(argv)}: {exc}") from exc
+    if check and done.returncode != 0:
+        raise ProxydError(f"ip {' '.join(argv)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def ip_batch(lines: Sequence[str], netns: str | None = None) -> None:
+    """All ``lines`` in one ``ip -batch`` (one process per namespace, not per command),
+    in namespace ``netns`` (default: the caller's); stops at the first error."""
+    run_ip([*(("-n", netns) if netns else ()), "-b", "-"], "\n".join(lines) + "\n")
 
 
 def _v6(text: str) -> str:
@@ -89,12 +115,7 @@ class Netns:
 
     def ip_batch(self, *commands: str) -> None:
         """Run ``ip`` commands (batch syntax) in this namespace, failing on the first error."""
-        done = subprocess.run(
-            ["ip", "-n", self.name, "-batch", "-"], input="\n".join(commands) + "\n",
-            capture_output=True, text=True, timeout=_SETUP_TIMEOUT, check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise RuntimeError(f"ip -n {self.name}: {done.stderr.strip()}")
+        ip_batch(commands, self.name)
 
     def sysctl(self, *settings: str) -> None:
         self.run("sysctl", "-qw", *settings)
@@ -187,7 +208,7 @@ class Topology:
         name = self._base + role
         if len(name) > _MAX_NAME:
             raise ValueError(f"namespace name {name!r} longer than {_MAX_NAME} characters")
-        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+        run_ip(["netns", "add", name])
         self._namespaces.append(Netns(name))
         return name
 

@@ -18,10 +18,11 @@ import ctypes
 import os
 import selectors
 import socket
-import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+from proxyd.sandbox.netns import ip_batch
 
 __all__ = ["CLIENTS", "NODE_IPS", "PODS", "Conn", "Lab", "connect", "netns", "udp_ask"]
 
@@ -53,14 +54,6 @@ def netns(name: str) -> Iterator[None]:
         _setns(own)
         os.close(own)
         os.close(target)
-
-
-def ip_batch(lines: Sequence[str], ns: str | None = None) -> None:
-    text = "\n".join(lines) + "\n"
-    argv = ["ip", *(["-n", ns] if ns else []), "-batch", "-"]
-    run = subprocess.run(argv, input=text, text=True, capture_output=True, check=False)
-    if run.returncode:
-        raise RuntimeError(f"ip -batch failed: {run.stderr.strip()}")
 
 
 class _Servers:
