@@ -3,6 +3,9 @@
 Health means "how stale is the programmed state", not "is the process up": a change that
 was queued and not applied within ``timeout`` (twice syncPeriod) makes ``/healthz`` answer
 503 with kube-proxy's JSON body (``lastUpdated``, ``currentTime``, ``nodeEligible``).
+Before the first successful sync nothing is known to be programmed, so ``/healthz`` is
+503 then too (kube-proxy answers 200 while starting up; see docs/decisions.md), and, as
+in kube-proxy, it is 503 while this node is being deleted (``nodeEligible`` false).
 ``/livez`` answers whether the sync loop is still *trying*: it stays 200 while the
 backend keeps failing (restarting the pod would not fix a kernel that refuses rules, and
 a restart loses nothing but time), and turns 503 only when work is pending and no sync
@@ -74,6 +77,9 @@ class Listen(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class HealthStatus:
+    """``healthy``: synced at least once and no change queued for longer than the
+    timeout (the node's eligibility is separate, as in kube-proxy's ``IsHealthy``)."""
+
     healthy: bool
     live: bool
     node_eligible: bool
@@ -84,7 +90,8 @@ class HealthStatus:
 class ProxyHealth:
     """Tracks the oldest queued-but-unapplied change, the last successful sync and the
     last finished sync attempt. Thread-safe: sources queue, the sync loop updates,
-    HTTP threads read."""
+    HTTP threads read. ``node_eligible`` says whether this node may receive traffic
+    (false while it is being deleted); it is asked on every status."""
 
     def __init__(
         self, clock: Clock, timeout: float, node_eligible: Callable[[], bool] = lambda: True
@@ -118,9 +125,10 @@ class ProxyHealth:
     def status(self) -> HealthStatus:
         with self._lock:
             now = self._clock.monotonic()
-            healthy = live = True
+            healthy = self._last_updated_wall is not None  # never synced: nothing known
+            live = True
             if self._oldest_pending is not None:
-                healthy = now - self._oldest_pending < self._timeout
+                healthy = healthy and now - self._oldest_pending < self._timeout
                 since = max(self._oldest_pending, self._last_attempt or self._oldest_pending)
                 live = now - since < self._timeout
             return HealthStatus(
@@ -141,8 +149,8 @@ def _go_time(epoch: float | None) -> str:
 
 
 def health_routes(health: ProxyHealth) -> Handler:
-    """``/healthz`` (stale state or ineligible node → 503) and ``/livez`` (wedged loop →
-    503), both with kube-proxy's body."""
+    """``/healthz`` (no sync yet, stale state or ineligible node → 503) and ``/livez``
+    (wedged loop → 503), both with kube-proxy's body."""
 
     def handle(path: str) -> Response:
         route = path.split("?", 1)[0]

@@ -204,11 +204,14 @@ class Endpoint:
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
     """A v1 Node. ``labels`` are sorted (key, value) pairs; ``addresses`` are its
-    InternalIP/ExternalIP addresses (used for NodePort in IPVS mode)."""
+    InternalIP/ExternalIP addresses (used for NodePort in IPVS mode). ``being_deleted``:
+    it has a deletionTimestamp or the cluster autoscaler's ToBeDeleted taint (health
+    then reports ``nodeEligible: false``, as kube-proxy does)."""
 
     name: str
     labels: tuple[tuple[str, str], ...] = ()
     addresses: tuple[str, ...] = ()
+    being_deleted: bool = False
 
     def label(self, key: str) -> str | None:
         for k, v in self.labels:

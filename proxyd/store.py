@@ -177,6 +177,11 @@ class ClusterState:
                 pools=dict(self._pools),
             )
 
+    def node(self, name: str) -> NodeInfo | None:
+        """One node as last seen, without copying the whole state (health asks often)."""
+        with self._lock:
+            return self._nodes.get(name)
+
     def pending(self) -> tuple[int, int]:
         """(service changes, endpoint changes) not yet checked out."""
         with self._lock:

@@ -244,6 +244,45 @@ def test_metrics_endpoint_serves_kube_proxy_names(cluster) -> None:
     assert run.get("metrics", "/nope")[0] == 404
 
 
+def test_healthz_is_503_until_the_first_sync_succeeds_livez_is_not(cluster) -> None:
+    run = cluster(node_obj("n1"), *kubernetes_objects(), backend=FakeBackend(fail=True))
+    eventually(lambda: len(run.backend.syncs) >= 2, what="failed syncs")
+    assert run.get("healthz", "/healthz")[0] == 503
+    assert run.get("healthz", "/livez")[0] == 200
+    run.backend.fail = False
+    eventually(lambda: run.get("healthz", "/healthz")[0] == 200, what="first sync")
+
+
+def being_deleted(node: dict, how: str) -> dict:
+    """``node`` as the API shows it once its deletion started (``how``: timestamp or
+    the cluster autoscaler's taint)."""
+    if how == "timestamp":
+        return {**node, "metadata": {**node["metadata"],
+                                     "deletionTimestamp": "2024-05-01T10:00:00Z"}}
+    return {**node, "spec": {"taints": [{"key": "ToBeDeletedByClusterAutoscaler",
+                                         "value": "1714557600", "effect": "NoSchedule"}]}}
+
+
+@pytest.mark.parametrize("how", ["timestamp", "autoscaler-taint"])
+def test_node_being_deleted_fails_healthz_not_livez(cluster, how: str) -> None:
+    run = cluster(node_obj("n1"), *kubernetes_objects())
+    eventually(lambda: run.get("healthz", "/healthz")[0] == 200, what="healthy")
+    assert json.loads(run.get("healthz", "/healthz")[1])["nodeEligible"] is True
+    run.api.apply(being_deleted(node_obj("n1"), how))
+    eventually(lambda: run.get("healthz", "/healthz")[0] == 503, what="ineligible")
+    assert json.loads(run.get("healthz", "/healthz")[1])["nodeEligible"] is False
+    assert run.get("healthz", "/livez")[0] == 200
+    run.api.apply(node_obj("n1"))  # deletion called off (taint removed)
+    eventually(lambda: run.get("healthz", "/healthz")[0] == 200, what="eligible again")
+
+
+def test_another_node_being_deleted_leaves_this_one_eligible(cluster) -> None:
+    run = cluster(node_obj("n1"), being_deleted(node_obj("n2"), "timestamp"),
+                  *kubernetes_objects())
+    eventually(lambda: run.get("healthz", "/healthz")[0] == 200, what="healthy")
+    assert json.loads(run.get("healthz", "/healthz")[1])["nodeEligible"] is True
+
+
 def test_healthz_body_reports_last_update(cluster) -> None:
     run = cluster(node_obj("n1"), *kubernetes_objects())
     eventually(lambda: run.backend.syncs, what="first sync")

@@ -35,8 +35,12 @@ from proxyd.runner import ManualClock
 TIMEOUT = 60.0
 
 
-def health(clock: ManualClock, eligible: bool = True) -> ProxyHealth:
-    return ProxyHealth(clock, TIMEOUT, node_eligible=lambda: eligible)
+def health(clock: ManualClock, eligible: bool = True, *, synced: bool = True) -> ProxyHealth:
+    """Proxy health, by default after a first successful sync at the clock's time."""
+    h = ProxyHealth(clock, TIMEOUT, node_eligible=lambda: eligible)
+    if synced:
+        h.updated()
+    return h
 
 
 def get(handler, path: str) -> tuple[int, dict]:
@@ -47,12 +51,27 @@ def get(handler, path: str) -> tuple[int, dict]:
 # --- proxier health ----------------------------------------------------------------------
 
 
-def test_healthy_while_starting_up_with_nothing_queued() -> None:
+def test_not_healthy_but_live_until_the_first_successful_sync() -> None:
+    clock = ManualClock()
+    h = health(clock, synced=False)
+    routes = health_routes(h)
+    st = h.status()
+    assert (st.healthy, st.live, st.last_updated) == (False, True, None)
+    assert (routes("/healthz").status, routes("/livez").status) == (503, 200)
+    h.queued_update()
+    clock.advance(TIMEOUT / 2)
+    h.attempted()  # a failed sync changes nothing
+    assert (routes("/healthz").status, routes("/livez").status) == (503, 200)
+    h.updated()
+    assert (routes("/healthz").status, routes("/livez").status) == (200, 200)
+
+
+def test_healthy_with_nothing_queued_however_long_ago_the_last_sync() -> None:
     clock = ManualClock()
     h = health(clock)
     clock.advance(10 * TIMEOUT)
     st = h.status()
-    assert (st.healthy, st.live, st.last_updated) == (True, True, None)
+    assert (st.healthy, st.live) == (True, True)
 
 
 def test_queued_update_unapplied_past_timeout_is_unhealthy() -> None:
@@ -123,8 +142,8 @@ def test_healthz_body_is_kube_proxys() -> None:
 
 
 def test_zero_time_before_first_sync() -> None:
-    _, body = get(health_routes(health(ManualClock())), "/healthz")
-    assert body["lastUpdated"] == "0001-01-01 00:00:00 +0000 UTC"
+    status, body = get(health_routes(health(ManualClock(), synced=False)), "/healthz")
+    assert (status, body["lastUpdated"]) == (503, "0001-01-01 00:00:00 +0000 UTC")
 
 
 @pytest.mark.parametrize(

@@ -26,10 +26,9 @@ import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 from proxyd.backends import SyncResult
-from proxyd.backends.commands_runner import CommandRunner, CompletedRun, SubprocessRunner
+from proxyd.backends.commands_runner import CommandRunner, CompletedRun
 from proxyd.backends.conntrack import ConntrackCleaner, stale_udp_flows
 from proxyd.backends.iptables_render import (
     JUMPS,
@@ -47,11 +46,7 @@ from proxyd.backends.iptables_render import (
 from proxyd.errors import BackendError
 from proxyd.model import IPFamily, NodePlan, ServicePortKey
 
-if TYPE_CHECKING:
-    from proxyd.config import Config
-
 __all__ = [
-    "BACKEND_CHOICES",
     "IptablesBackend",
     "Variant",
     "available_families",
@@ -72,7 +67,6 @@ class Variant(StrEnum):
 
 
 #: Values of ``--iptables-backend``.
-BACKEND_CHOICES = ("auto", Variant.NFT.value, Variant.LEGACY.value)
 
 
 def tool(variant: Variant, family: IPFamily, kind: str = "") -> str:
@@ -133,20 +127,42 @@ def resolve_variant(runner: CommandRunner, choice: str) -> Variant:
 
 
 _LINE = re.compile(r"line:? (\d+)")
+#: The program prefix of a restore message: ``iptables-restore: `` or, with the version
+#: header, ``iptables-nft-restore v1.8.9 (nf_tables): `` (alone on its line when the
+#: kernel refused the commit and the reasons follow as ``line N: ... failed`` lines).
+_PROGRAM = re.compile(r"^\S*-restore(?: v\S+ \([^)]*\))?:\s*")
+_HINTS = ("Try `", "Error occurred at line")
+
+
+def _messages(stderr: str) -> list[str]:
+    """The stderr lines that say what went wrong: program prefix stripped, the version
+    header, usage hint and "Error occurred at line" dropped (the line number is used
+    separately)."""
+    out = []
+    for raw in stderr.splitlines():
+        text = _PROGRAM.sub("", raw.strip(), count=1)
+        if text and not text.startswith(_HINTS):
+            out.append(text)
+    return out
 
 
 def restore_failure(text: str, run: CompletedRun, around: int = 3) -> tuple[str, str]:
-    """A one-line reason and the payload lines around the one restore named (marked >)."""
-    said = next((ln.strip() for ln in run.stderr.splitlines() if ln.strip()), "no message")
-    error = f"iptables-restore failed (exit {run.returncode}): {said}"
+    """A one-line reason (the first message that says what failed, with the line number)
+    and the detail: further messages, then the payload lines around the one restore
+    named (marked >)."""
+    messages = _messages(run.stderr) or ["no message"]
+    said, others = messages[0], messages[1:]
     match = _LINE.search(run.stderr)
+    if match is not None and _LINE.search(said) is None:
+        said += f" (line {match.group(1)})"
+    error = f"iptables-restore failed (exit {run.returncode}): {said}"
     if match is None:
         return error, run.stderr.strip()
     bad = int(match.group(1))
     lines = text.splitlines()
     lo, hi = max(1, bad - around), min(len(lines), bad + around)
     context = [f"{'>' if n == bad else ' '}{n:7d}  {lines[n - 1]}" for n in range(lo, hi + 1)]
-    return error, "\n".join(context)
+    return error, "\n".join([*others, *context])
 
 
 def _check(run: CompletedRun, argv: Sequence[str]) -> str:
@@ -202,26 +218,6 @@ class IptablesBackend:
         self._lock_wait = lock_wait
         self._states: dict[IPFamily, FamilyState] = {}
         self._need_full = True
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> IptablesBackend:
-        """The daemon's backend: real commands, the variant ``cfg.iptables_backend`` asks
-        for (detected once, here), UDP conntrack cleanup on, IPv6 when the kernel has it."""
-        runner = SubprocessRunner()
-        cidrs = tuple(c.strip() for c in (cfg.cluster_cidr or "").split(",") if c.strip())
-        options = RenderOptions(
-            cluster_cidrs=cidrs,
-            masquerade_all=cfg.masquerade_all,
-            nodeport_addresses=tuple(cfg.nodeport_addresses),
-            masquerade_bit=cfg.masquerade_bit,
-        )
-        return cls(
-            runner,
-            resolve_variant(runner, cfg.iptables_backend),
-            options=options,
-            families=available_families(),
-            conntrack=ConntrackCleaner(runner),
-        )
 
     def sync(self, plan: NodePlan, *, full: bool) -> SyncResult:
         """Write ``plan``; partial unless ``full`` or the last sync failed."""

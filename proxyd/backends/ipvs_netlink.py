@@ -39,7 +39,13 @@ from proxyd.backends.ipvs_plan import SCHED_FLAGS, RealServer, SetSpec, VirtualS
 from proxyd.errors import BackendError
 from proxyd.model import Protocol
 
-__all__ = ["NetlinkIpvsClient", "ensure_device"]
+__all__ = [
+    "NetlinkIpvsClient",
+    "ensure_device",
+    "has_link",
+    "ipset_names",
+    "remove_links_and_sets",
+]
 
 NETLINK_ROUTE, NETLINK_NETFILTER, NETLINK_GENERIC = 0, 12, 16
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
@@ -389,6 +395,54 @@ def ensure_device(name: str) -> int:
     return index
 
 
+def has_link(name: str) -> bool:
+    """Whether this network namespace has a link called ``name``."""
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
+_IPSET_LIST_SETNAME = 0x2  # IPSET_FLAG_LIST_SETNAME: names only, no members
+
+
+def ipset_names() -> list[str]:
+    """Every ipset in this network namespace, by name (none when the kernel has no
+    ipset support). Needs no IPVS: ``proxyd cleanup`` uses it on any kernel."""
+    from pyroute2 import IPSet
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        with IPSet() as ipset:
+            return sorted(
+                str(m.get_attr("IPSET_ATTR_SETNAME")) for m in ipset.list(flags=_IPSET_LIST_SETNAME)
+            )
+    except NetlinkError as exc:
+        if exc.code in (errno.ENOENT, errno.EPROTONOSUPPORT):
+            return []
+        raise BackendError(f"cannot list ipsets: {exc}") from exc
+
+
+def remove_links_and_sets(links: Iterable[str], sets: Iterable[str]) -> None:
+    """Delete the links and destroy the sets that exist (the others are no error), links
+    first. Needs no IPVS."""
+    from pyroute2 import IPRoute, IPSet
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        for name in links:
+            for index in ipr.link_lookup(ifname=name):
+                ipr.link("del", index=index)
+    with IPSet() as ipset:
+        for name in sets:
+            try:
+                ipset.destroy(name)
+            except NetlinkError as exc:
+                if exc.code != errno.ENOENT:
+                    raise BackendError(f"cannot destroy ipset {name}: {exc}") from exc
+
+
 class NetlinkIpvsClient:
     """:class:`~proxyd.backends.ipvs.IpvsClient` on netlink, in the current namespace."""
 
@@ -509,19 +563,7 @@ class NetlinkIpvsClient:
         return errors
 
     def remove(self, interface: str, sets: Iterable[str]) -> None:
-        from pyroute2 import IPRoute, IPSet
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        with IPRoute() as ipr:
-            for index in ipr.link_lookup(ifname=interface):
-                ipr.link("del", index=index)
-        with IPSet() as ipset:
-            for name in sets:
-                try:
-                    ipset.destroy(name)
-                except NetlinkError as exc:
-                    if exc.code != errno.ENOENT:
-                        raise BackendError(f"cannot destroy ipset {name}: {exc}") from exc
+        remove_links_and_sets([interface], sets)
 
     # --- internals ---
 

@@ -14,12 +14,9 @@ import ipaddress
 import sys
 
 from proxyd.backends import Backend
-from proxyd.backends.iptables import BACKEND_CHOICES
+from proxyd.config import IptablesBackendChoice, ProxyMode
 
-__all__ = ["PROXY_MODES", "add_rule_options", "cidr_list", "register"]
-
-#: Values of ``--proxy-mode``; the first is the default.
-PROXY_MODES: tuple[str, ...] = ("iptables", "ipvs")
+__all__ = ["add_rule_options", "cidr_list", "register"]
 
 
 def cidr_list(value: str) -> tuple[str, ...]:
@@ -42,9 +39,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="YAML/JSON file or directory of Services, EndpointSlices, Nodes, NodePools",
     )  # fmt: skip
     parser.add_argument("--node", required=True, help="the node this namespace stands for")
-    parser.add_argument("--proxy-mode", choices=PROXY_MODES, default=PROXY_MODES[0])
     parser.add_argument(
-        "--iptables-backend", choices=BACKEND_CHOICES, default="auto",
+        "--proxy-mode", choices=[m.value for m in ProxyMode], default=ProxyMode.IPTABLES.value,
+        help="(default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--iptables-backend", choices=[c.value for c in IptablesBackendChoice], default="auto",
         help="nft or legacy iptables; auto detects like the kubelet (default: %(default)s)",
     )  # fmt: skip
     add_rule_options(parser)
@@ -102,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _backend(args: argparse.Namespace) -> tuple[Backend, str]:
     """The backend for ``--proxy-mode``, and a name for messages."""
-    match args.proxy_mode:
-        case "iptables":
+    match ProxyMode(args.proxy_mode):
+        case ProxyMode.IPTABLES:
             from proxyd.backends.commands_runner import SubprocessRunner
             from proxyd.backends.iptables import (
                 IptablesBackend,
@@ -124,7 +124,7 @@ def _backend(args: argparse.Namespace) -> tuple[Backend, str]:
                 runner, variant, options=options, families=available_families()
             )
             return backend, f"iptables {variant}"
-        case "ipvs":
+        case ProxyMode.IPVS:
             from proxyd.backends.ipvs import IpvsBackend
             from proxyd.backends.ipvs_plan import IpvsOptions
 

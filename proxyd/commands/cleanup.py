@@ -1,53 +1,115 @@
-"""``proxyd cleanup``: remove everything proxyd programmed into iptables.
+"""``proxyd cleanup``: remove everything proxyd programmed, in either proxy mode.
 
-Deletes every ``PROXYD-*`` chain and every rule that jumps to one, per family, in one
-restore each. With ``--kube-proxy`` it also removes what kube-proxy leaves behind
-(``KUBE-SERVICES``, ``KUBE-SVC-*`` …, never the kubelet's own chains), for nodes that
-switch from kube-proxy to proxyd. ``--iptables-backend auto`` cleans both nft and legacy
-tables (whichever are installed): stale rules may sit in either. Idempotent.
+iptables: deletes every chain of both modes (``PROXYD-*``, ``PROXYD-IPVS-*``) and every
+rule that jumps to one, per family, in one restore each; ``--iptables-backend auto``
+cleans both nft and legacy tables (whichever are installed): stale rules may sit in
+either. IPVS mode: proxyd's virtual servers (through the IPVS backend's own cleanup, when
+the kernel has IPVS), then every ``PROXYD-*`` ipset and the ``proxyd-ipvs0`` device —
+these last two also on a kernel without IPVS, where a failed start may have left them.
+Chains go first: the kernel refuses to destroy an ipset a rule still uses.
+
+With ``--kube-proxy`` it also removes what kube-proxy leaves behind (``KUBE-SERVICES``,
+``KUBE-SVC-*`` …, never the kubelet's own chains; in IPVS mode its ``KUBE-*`` ipsets and
+``kube-ipvs0``), for nodes that switch from kube-proxy to proxyd. ``--kube-proxy-only``
+removes kube-proxy's leftovers and keeps proxyd's state: that is the step of a migration
+without downtime, run while proxyd already serves the node. Idempotent.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+from collections.abc import Iterable
 
-from proxyd.backends.iptables import BACKEND_CHOICES
+from proxyd.config import IptablesBackendChoice
 
-__all__ = ["register"]
+__all__ = ["owned_ipsets", "register"]
+
+_KUBE_PROXY_DEVICE = "kube-ipvs0"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "cleanup",
-        help="remove proxyd's iptables chains (and kube-proxy's with --kube-proxy)",
-        description="Remove every chain proxyd created and the rules jumping to them.",
+        help="remove proxyd's chains, ipsets and IPVS state (and kube-proxy's with --kube-proxy)",
+        description="Remove every chain, ipset, IPVS virtual server and device proxyd "
+        "created, and the rules jumping to its chains.",
     )
-    parser.add_argument(
-        "--kube-proxy", action="store_true", help="also remove kube-proxy's leftover chains"
+    owners = parser.add_mutually_exclusive_group()
+    owners.add_argument(
+        "--kube-proxy", action="store_true", help="also remove kube-proxy's leftovers"
     )
+    owners.add_argument(
+        "--kube-proxy-only", action="store_true",
+        help="remove only kube-proxy's leftovers, keep proxyd's rules (migration of a live node)",
+    )  # fmt: skip
     parser.add_argument(
-        "--iptables-backend", choices=BACKEND_CHOICES, default="auto",
+        "--iptables-backend", choices=[c.value for c in IptablesBackendChoice], default="auto",
         help="which iptables to clean; auto cleans both (default: %(default)s)",
     )  # fmt: skip
     parser.set_defaults(handler=run)
 
 
+def owned_ipsets(names: Iterable[str], *, proxyd: bool = True, kube_proxy: bool) -> list[str]:
+    """The ipsets cleanup destroys: proxyd's (``PROXYD-``) and/or kube-proxy's (``KUBE-``)."""
+    prefixes = (*(("PROXYD-",) if proxyd else ()), *(("KUBE-",) if kube_proxy else ()))
+    return sorted(n for n in names if n.startswith(prefixes))
+
+
 def run(args: argparse.Namespace) -> int:
+    own = not args.kube_proxy_only
+    kube_proxy = args.kube_proxy or args.kube_proxy_only
+    _remove_chains(args.iptables_backend, own=own, kube_proxy=kube_proxy)
+    _remove_ipvs_state(args.iptables_backend, own=own, kube_proxy=kube_proxy)
+    return 0
+
+
+def _remove_chains(iptables_backend: str, *, own: bool, kube_proxy: bool) -> None:
     from proxyd.backends.commands_runner import SubprocessRunner
     from proxyd.backends.iptables import Variant, available_families, remove_chains, tool
     from proxyd.backends.iptables_render import KUBE_PROXY, PROXYD
+    from proxyd.backends.ipvs_plan import CHAINS
+
+    ipvs_chains = frozenset(c for chains in CHAINS.values() for c in chains)
 
     def owns(chain: str) -> bool:
-        return PROXYD.owns(chain) or (args.kube_proxy and KUBE_PROXY.owns(chain))
+        return (own and (PROXYD.owns(chain) or chain in ipvs_chains)) or (
+            kube_proxy and KUBE_PROXY.owns(chain)
+        )
 
     runner = SubprocessRunner()
-    auto = args.iptables_backend == "auto"
-    for variant in list(Variant) if auto else [Variant(args.iptables_backend)]:
+    auto = iptables_backend == "auto"
+    for variant in list(Variant) if auto else [Variant(iptables_backend)]:
         for family in available_families():
             if auto and shutil.which(tool(variant, family, "save")) is None:
                 continue
             removed = remove_chains(runner, variant, family, owns)
             what = "removed" if removed else "nothing to remove"
             print(f"proxyd cleanup: {tool(variant, family)}: {what}")
-    return 0
+
+
+def _remove_ipvs_state(iptables_backend: str, *, own: bool, kube_proxy: bool) -> None:
+    """Virtual servers through :meth:`IpvsBackend.cleanup` when the kernel has IPVS, then
+    whatever ipsets and devices are left (all of them on a kernel without IPVS)."""
+    from proxyd.backends.ipvs import DEFAULT_INTERFACE, IpvsBackend
+    from proxyd.backends.ipvs_netlink import has_link, ipset_names, remove_links_and_sets
+    from proxyd.errors import BackendError
+
+    sets = owned_ipsets(ipset_names(), proxyd=own, kube_proxy=kube_proxy)
+    wanted = [*([DEFAULT_INTERFACE] if own else []), *([_KUBE_PROXY_DEVICE] if kube_proxy else [])]
+    devices = [d for d in wanted if has_link(d)]
+    if own:
+        try:
+            backend = IpvsBackend.real(iptables_backend=iptables_backend)
+        except BackendError as exc:
+            print(f"proxyd cleanup: IPVS: skipped ({exc})")
+        else:
+            backend.cleanup()
+            print("proxyd cleanup: IPVS: proxyd's virtual servers removed")
+    remove_links_and_sets(devices, sets)
+    print(f"proxyd cleanup: ipsets: {_listed(sets)}")
+    print(f"proxyd cleanup: devices: {_listed(devices)}")
+
+
+def _listed(names: list[str]) -> str:
+    return f"removed {', '.join(names)}" if names else "nothing to remove"

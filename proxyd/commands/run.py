@@ -19,13 +19,20 @@ import logging
 import math
 import os
 import signal
-import socket
 import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from proxyd.backends import Backend, SyncResult
-from proxyd.config import Config, ProxyMode, load_file, parse_bind_address, resolve
+from proxyd.config import (
+    Config,
+    IptablesBackendChoice,
+    LogFormat,
+    ProxyMode,
+    load_file,
+    parse_bind_address,
+    resolve,
+)
 from proxyd.errors import ProxydError, SourceError
 from proxyd.events import EventRecorder, backend_warnings, plan_warnings
 from proxyd.health import (
@@ -77,7 +84,7 @@ def register(subparsers: Any) -> None:
                    help="kubeconfig file (default: in-cluster service account)")
     p.add_argument("--hostname-override", "--node-name", dest="node_name", metavar="NAME",
                    help="this node's name (default: $NODE_NAME, else the host name)")
-    p.add_argument("--proxy-mode", dest="proxy_mode", choices=("iptables", "ipvs"))
+    p.add_argument("--proxy-mode", dest="proxy_mode", choices=[m.value for m in ProxyMode])
     p.add_argument("--ipvs-scheduler", dest="ipvs_scheduler", metavar="NAME",
                    help="default IPVS scheduler (rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, "
                    "nq, mh)")
@@ -95,10 +102,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--min-sync-period", dest="min_sync_period", metavar="DURATION",
                    help="minimum time between syncs (default 1s)")
     p.add_argument("--iptables-backend", dest="iptables_backend",
-                   choices=("auto", "nft", "legacy"))
+                   choices=[c.value for c in IptablesBackendChoice])
     p.add_argument("--proxy-name", dest="proxy_name", metavar="NAME",
                    help="value of service.kubernetes.io/service-proxy-name proxyd serves")
-    p.add_argument("--log-format", dest="log_format", choices=("text", "json"))
+    p.add_argument("--log-format", dest="log_format", choices=[f.value for f in LogFormat])
     p.add_argument("--log-level", dest="log_level",
                    choices=("debug", "info", "warning", "error"))
     p.set_defaults(handler=_run)
@@ -186,7 +193,7 @@ def make_backend(cfg: Config) -> tuple[Backend, bool]:
     log.info("backend", extra=kv(mode=cfg.proxy_mode.value, iptables=variant.value))
     if cfg.proxy_mode is ProxyMode.IPVS:
         from proxyd.backends.ipvs import DEFAULT_INTERFACE, IpvsBackend
-        from proxyd.backends.ipvs_netlink import NetlinkIpvsClient
+        from proxyd.backends.ipvs_netlink import has_link
         from proxyd.backends.ipvs_plan import IpvsOptions
 
         ipvs_options = IpvsOptions(
@@ -196,9 +203,9 @@ def make_backend(cfg: Config) -> tuple[Backend, bool]:
             masquerade_all=cfg.masquerade_all,
             masquerade_bit=cfg.masquerade_bit,
         )
-        ipvs = IpvsBackend(NetlinkIpvsClient(), runner, variant=variant, options=ipvs_options,
-                           clock=SystemClock().monotonic)
-        return ipvs, not _has_interface(DEFAULT_INTERFACE)
+        # the variant detected above, not detected again; IPv6 too when the kernel has it
+        ipvs = IpvsBackend.real(ipvs_options, iptables_backend=variant.value)
+        return ipvs, not has_link(DEFAULT_INTERFACE)
     options = RenderOptions(
         cluster_cidrs=cluster_cidrs,
         masquerade_all=cfg.masquerade_all,
@@ -208,15 +215,6 @@ def make_backend(cfg: Config) -> tuple[Backend, bool]:
     backend = IptablesBackend(runner, variant, options=options, families=available_families(),
                               conntrack=ConntrackCleaner(runner))
     return backend, _iptables_cold(runner, variant)
-
-
-def _has_interface(name: str) -> bool:
-    """Whether this network namespace has the interface (IPVS mode's address holder)."""
-    try:
-        socket.if_nametoindex(name)
-    except OSError:
-        return False
-    return True
 
 
 def _iptables_cold(runner: CommandRunner, variant: Variant) -> bool:
@@ -464,7 +462,8 @@ class Daemon:
         self.clock: Clock = clock or SystemClock()
         self.registry = _with_process_metrics(registry)
         self.metrics = Metrics(self.registry, restore_based=cfg.proxy_mode is ProxyMode.IPTABLES)
-        self.health = ProxyHealth(self.clock, 2 * cfg.sync_period)
+        self.health = ProxyHealth(self.clock, 2 * cfg.sync_period,
+                                  node_eligible=self._node_eligible)
         self._notifier = notifier if notifier is not None else SystemdNotifier()
         self._stop = threading.Event()
         self.state = ClusterState(on_change=self._queued)
@@ -543,6 +542,12 @@ class Daemon:
                 log.info("waiting for the API server: informers have not listed yet")
                 self._notifier.notify("STATUS=waiting for the API server")
         return not self._stop.is_set()
+
+    def _node_eligible(self) -> bool:
+        """kube-proxy's ``nodeEligible``: false once this node is being deleted; true
+        while its Node object is not known yet."""
+        node = self.state.node(self.cfg.node_name)
+        return node is None or not node.being_deleted
 
     def _queued(self, kind: str) -> None:
         self.health.queued_update()

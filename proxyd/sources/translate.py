@@ -315,15 +315,7 @@ def _service_ports(r: _Reader, value: object) -> tuple[PortSpec, ...]:
         field = f"spec.ports[{i}]"
         entry = r.item(item, field)
         spec = PortSpec(
-            name=r.opt_string(entry.get("name"), f"{field}.name") or "",
-            protocol=r.enum(
-                entry.get("protocol"),
-                f"{field}.protocol",
-                Protocol,
-                "invalid_protocol",
-                Protocol.TCP,
-            ),
-            port=r.port(entry.get("port"), f"{field}.port"),
+            *_port(r, entry, field),
             node_port=r.opt_port(entry.get("nodePort"), f"{field}.nodePort"),
         )
         if (spec.name, spec.protocol) in seen:
@@ -426,20 +418,18 @@ def _slice_ports(r: _Reader, value: object) -> tuple[EndpointPort, ...]:
         entry = r.item(item, field)
         if entry.get("port") is None:
             continue  # "not restricted": nothing a proxy can program
-        ports.append(
-            EndpointPort(
-                name=r.opt_string(entry.get("name"), f"{field}.name") or "",
-                protocol=r.enum(
-                    entry.get("protocol"),
-                    f"{field}.protocol",
-                    Protocol,
-                    "invalid_protocol",
-                    Protocol.TCP,
-                ),
-                port=r.port(entry.get("port"), f"{field}.port"),
-            )
-        )
+        ports.append(EndpointPort(*_port(r, entry, field)))
     return tuple(ports)
+
+
+def _port(r: _Reader, entry: _Json, field: str) -> tuple[str, Protocol, int]:
+    """Name, protocol and number of a Service's or an EndpointSlice's port entry: both
+    APIs spell them alike and default a missing name to "" and protocol to TCP."""
+    name = r.opt_string(entry.get("name"), f"{field}.name") or ""
+    protocol = r.enum(
+        entry.get("protocol"), f"{field}.protocol", Protocol, "invalid_protocol", Protocol.TCP
+    )
+    return name, protocol, r.port(entry.get("port"), f"{field}.port")
 
 
 def _slice_endpoint(
@@ -501,10 +491,22 @@ def _epoch(value: str) -> float | None:
 # --- Node, NodePool ----------------------------------------------------------------------
 
 
+#: The taint the cluster autoscaler puts on a node it is about to delete.
+_TAINT_TO_BE_DELETED = "ToBeDeletedByClusterAutoscaler"
+
+
 def node(obj: _Json) -> NodeInfo:
-    """A v1 Node: its labels and its InternalIP/ExternalIP addresses (in listed order)."""
+    """A v1 Node: its labels, its InternalIP/ExternalIP addresses (in listed order), and
+    whether it is being deleted (``metadata.deletionTimestamp`` set, or the autoscaler's
+    ``ToBeDeletedByClusterAutoscaler`` taint — kube-proxy's test for ``nodeEligible``)."""
     meta = _meta(obj, "Node", namespaced=False)
     r = meta.reader
+    md = r.mapping(obj.get("metadata"), "metadata")
+    deleting = bool(r.opt_string(md.get("deletionTimestamp"), "metadata.deletionTimestamp"))
+    spec = r.mapping(obj.get("spec"), "spec")
+    for i, taint in enumerate(r.seq(spec.get("taints"), "spec.taints")):
+        key = r.opt_string(r.item(taint, f"spec.taints[{i}]").get("key"), f"spec.taints[{i}].key")
+        deleting |= key == _TAINT_TO_BE_DELETED
     status = r.mapping(obj.get("status"), "status")
     addresses: list[str] = []
     for i, item in enumerate(r.seq(status.get("addresses"), "status.addresses")):
@@ -516,7 +518,10 @@ def node(obj: _Json) -> NodeInfo:
         if ip not in addresses:
             addresses.append(ip)
     return NodeInfo(
-        name=meta.name, labels=tuple(sorted(meta.labels.items())), addresses=tuple(addresses)
+        name=meta.name,
+        labels=tuple(sorted(meta.labels.items())),
+        addresses=tuple(addresses),
+        being_deleted=deleting,
     )
 
 
