@@ -48,17 +48,24 @@ class EventSink(Protocol):
 
 class KubeEventSink:
     """Posts through the ``kubernetes`` client (``CoreV1Api.create_namespaced_event``) on
-    the daemon's ``ApiClient``; the response body is not parsed (nothing reads it)."""
+    the daemon's ``ApiClient``; the response body is not parsed (nothing reads it).
+
+    ``CoreV1Api`` is built on the first post, on the recorder's worker thread: importing
+    it loads the client's whole model package (about half a second of CPU), which would
+    otherwise delay the daemon's start and its first sync."""
 
     def __init__(self, api_client: Any) -> None:
-        from kubernetes import client
-
-        self._api: Any = client.CoreV1Api(api_client)  # body is a dict, not the model
+        self._client = api_client
+        self._api: Any = None
 
     def create(self, namespace: str, body: dict[str, Any]) -> None:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
+        if self._api is None:
+            from kubernetes import client
+
+            self._api = client.CoreV1Api(self._client)  # body is a dict, not the model
         try:
             self._api.create_namespaced_event(
                 namespace, body, _preload_content=False, _request_timeout=(5, 10)

@@ -25,6 +25,7 @@ form. Semantics of the topology fields (what an unknown scope means, the 16-key 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import StrEnum
@@ -82,6 +83,12 @@ def _show(value: object) -> str:
         return "a list"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+#: An IPv4 literal already in the form ``str(ipaddress.ip_address(...))`` gives back (no
+#: leading zeros): valid as it is, so it needs no parsing.
+_CANONICAL_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 
 class _Reader:
@@ -169,6 +176,8 @@ class _Reader:
 
     def ip(self, value: object, field: str, family: IPFamily | None = None) -> str:
         text = self.string(value, field, "invalid_ip")
+        if family is not IPFamily.IPV6 and _CANONICAL_IPV4.fullmatch(text):
+            return text  # the usual case: a list of 10,000 services parses ~40,000 of these
         try:
             addr = ipaddress.ip_address(text)
         except ValueError:
