@@ -81,7 +81,8 @@ class ClusterState:
         self._pools: dict[str, NodePool] = {}
         self._service_changes: ChangeTracker[ServiceRef, Service] = ChangeTracker()
         self._slice_changes: ChangeTracker[tuple[str, str], EndpointSlice] = ChangeTracker()
-        self._slice_owner: dict[tuple[str, str], ServiceRef] = {}
+        # services each pending slice change touches: old and new owner (a slice can move)
+        self._slice_owners: dict[tuple[str, str], set[ServiceRef]] = {}
         self._topology_changed = False
         self._trigger_times: dict[ServiceRef, float] = {}
 
@@ -155,9 +156,8 @@ class ClusterState:
         self, key: tuple[str, str], old: EndpointSlice | None, new: EndpointSlice | None
     ) -> None:
         self._slice_changes.update(key, old, new)
-        for eps in (old, new):
-            if eps is not None:
-                self._slice_owner[key] = eps.service
+        owners = self._slice_owners.setdefault(key, set())
+        owners.update(eps.service for eps in (old, new) if eps is not None)
         # Only the new version's trigger time dates this change: the old version's dates
         # the change before (already measured), and a deleted slice carries none.
         if new is not None and new.trigger_time is not None:
@@ -192,10 +192,8 @@ class ClusterState:
         with self._lock:
             services = self._service_changes.checkout()
             slice_keys = self._slice_changes.checkout()
-            endpoints = frozenset(self._slice_owner[k] for k in slice_keys)
-            for key in slice_keys:
-                if key not in self._slices:
-                    del self._slice_owner[key]
+            endpoints = frozenset(ref for k in slice_keys for ref in self._slice_owners[k])
+            self._slice_owners = {}
             topology, self._topology_changed = self._topology_changed, False
             trigger_times, self._trigger_times = self._trigger_times, {}
             return Changes(services, endpoints, topology, trigger_times)
