@@ -8,7 +8,7 @@ import time
 
 import pytest
 from conftest import NODES, ipvsadm, plan, service
-from lab import C1_EXTRA, NODE_IPS, PODS, connect, udp_ask
+from lab import C1_EXTRA, NODE_IPS, PODS, connect, netns, udp_ask
 
 from proxyd.backends.ipvs import IpvsBackend
 from proxyd.backends.ipvs_plan import listing
@@ -274,3 +274,86 @@ def test_apply_command_programs_what_plan_format_ipvs_prints(
         assert f"TCP  {NODE_IPS[0]}:30080 lc" in ipvsadm()
     finally:
         real.cleanup()
+
+
+def _in(ns: str, *argv: str) -> str:
+    run = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True)
+    assert run.returncode == 0, (argv, run.stderr)
+    return run.stdout
+
+
+def _kernel_state(ns: str) -> dict[str, set[str]]:
+    """Virtual servers, ipsets, iptables chains (nft and legacy, both families), links."""
+    chains = {
+        line[1:].split()[0]
+        for tool in ("iptables-nft", "iptables-legacy", "ip6tables-nft", "ip6tables-legacy")
+        for line in _in(ns, f"{tool}-save").splitlines()
+        if line.startswith(":")
+    }
+    servers = [w for w in map(str.split, _in(ns, "ipvsadm", "-Ln").splitlines()) if w]
+    links = [line.split(":")[1] for line in _in(ns, "ip", "-o", "link").splitlines()]
+    return {
+        "vs": {" ".join(w[:2]) for w in servers if w[0] in ("TCP", "UDP", "SCTP")},
+        "sets": set(_in(ns, "ipset", "list", "-n").split()),
+        "chains": chains - {"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"},
+        "links": {name.strip().split("@")[0] for name in links},
+    }
+
+
+def test_cleanup_command_removes_proxyd_state_and_keeps_foreign_state(tmp_path) -> None:
+    import sys
+
+    import yaml
+
+    from proxyd.cli import main
+    from proxyd.sandbox.netns import ip_batch
+
+    ns = "pxvm-cleanup"
+    manifest = tmp_path / "m.yaml"
+    docs = [*NODES, *service("web", VIP), *service("np", "10.96.0.11", node_port=30080)]
+    manifest.write_text(yaml.safe_dump_all(docs))
+    ip_batch([f"netns add {ns}"])
+    try:
+        ip_batch(["link set lo up"], ns)
+        with netns(ns):
+            apply = ["apply", "--proxy-mode", "ipvs", "--manifests", str(manifest)]
+            assert main([*apply, "--node", "node-a"]) == 0
+        # foreign state next to proxyd's: someone else's, and kube-proxy's leftovers
+        _in(ns, "ipvsadm", "-A", "-t", "10.99.0.1:80", "-s", "wlc")
+        _in(ns, "ipvsadm", "-A", "-t", f"{NODE_IPS[0]}:31000", "-s", "wlc")
+        _in(ns, "ipset", "create", "FOREIGN-SET", "hash:ip")
+        _in(ns, "ipset", "create", "KUBE-CLUSTER-IP", "hash:ip,port")
+        _in(ns, "iptables-nft", "-t", "nat", "-N", "FOREIGN-CHAIN")
+        _in(ns, "iptables-nft", "-t", "nat", "-N", "KUBE-SERVICES")
+        ip_batch(["link add kube-ipvs0 type dummy", "link add foreign0 type dummy"], ns)
+        mine = _kernel_state(ns)
+        assert {f"TCP {VIP}:80", f"TCP {NODE_IPS[0]}:30080"} <= mine["vs"]
+        assert "proxyd-ipvs0" in mine["links"]
+        assert any(s.startswith("PROXYD-") for s in mine["sets"])
+        assert any(c.startswith("PROXYD-IPVS-") for c in mine["chains"])
+
+        with netns(ns):  # the migration step: kube-proxy's leftovers only
+            assert main(["cleanup", "--kube-proxy-only"]) == 0
+        kept = _kernel_state(ns)
+        assert kept == {
+            "vs": mine["vs"],
+            "sets": mine["sets"] - {"KUBE-CLUSTER-IP"},
+            "chains": mine["chains"] - {"KUBE-SERVICES"},
+            "links": mine["links"] - {"kube-ipvs0"},
+        }
+
+        out = _in(ns, sys.executable, "-m", "proxyd", "cleanup")
+        gone = _kernel_state(ns)
+        assert gone == {
+            "vs": {"TCP 10.99.0.1:80", f"TCP {NODE_IPS[0]}:31000"},
+            "sets": {"FOREIGN-SET"},
+            "chains": {c for c in kept["chains"] if not c.startswith("PROXYD-")},
+            "links": kept["links"] - {"proxyd-ipvs0"},
+        }, out
+        assert "FOREIGN-CHAIN" in gone["chains"] and "foreign0" in gone["links"]
+
+        with netns(ns):  # idempotent
+            assert main(["cleanup"]) == 0
+        assert _kernel_state(ns) == gone
+    finally:
+        ip_batch([f"netns del {ns}"])
