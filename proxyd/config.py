@@ -5,8 +5,8 @@ The file uses KubeProxyConfiguration's field names where they mean the same thin
 config file mostly carries over; kube-proxy fields proxyd does not implement are
 accepted and reported as ignored, anything else is an error (a typo must not silently
 fall back to a default). proxyd's own fields (``proxyName``, ``iptablesBackend``,
-``logFormat``, ``logLevel``) sit beside them. Durations use Go's spelling (``30s``,
-``1m30s``, ``500ms``), as in kube-proxy's file.
+``logFormat``, ``logLevel``; ``interface`` in the ``ipvs`` section) sit beside them.
+Durations use Go's spelling (``30s``, ``1m30s``, ``500ms``), as in kube-proxy's file.
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ import yaml
 from proxyd.errors import InputError
 
 __all__ = [
+    "DEFAULT_IPVS_INTERFACE",
     "Config",
     "IptablesBackendChoice",
     "LogFormat",
     "ProxyMode",
+    "interface_name",
     "load_file",
     "parse_bind_address",
     "parse_duration",
@@ -52,6 +54,8 @@ class LogFormat(StrEnum):
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+#: IPVS mode's device; kube-proxy's ``kube-ipvs0`` only when replacing it (DESIGN §3)
+DEFAULT_IPVS_INTERFACE = "proxyd-ipvs0"
 _E = TypeVar("_E", bound=StrEnum)
 
 
@@ -67,6 +71,7 @@ class Config:
     kubeconfig: str | None = None
     proxy_mode: ProxyMode = ProxyMode.IPTABLES
     ipvs_scheduler: str = "rr"
+    ipvs_interface: str = DEFAULT_IPVS_INTERFACE
     cluster_cidr: str | None = None
     nodeport_addresses: tuple[str, ...] = ()
     masquerade_all: bool = False
@@ -123,6 +128,18 @@ def _non_negative(seconds: float, text: str, where: str) -> float:
     return seconds
 
 
+def interface_name(text: str) -> str:
+    """A network device name the kernel accepts (1-15 bytes, no ``/``, ``:`` or
+    whitespace, not ``.``/``..``); ValueError otherwise, so argparse can use it as a type."""
+    if (
+        not 0 < len(text.encode()) <= 15
+        or text in (".", "..")
+        or any(c in "/:" or c.isspace() for c in text)
+    ):
+        raise ValueError(f"{text!r} is not a network device name (1-15 bytes, no / : or spaces)")
+    return text
+
+
 def parse_bind_address(text: str, *, where: str) -> tuple[str, int] | None:
     """``host:port`` or ``[v6]:port`` → (host, port); empty → None (server disabled)."""
     if not text:
@@ -162,6 +179,7 @@ _IPTABLES = {
 }
 _IPVS = {
     "scheduler": "ipvs_scheduler",
+    "interface": "ipvs_interface",  # proxyd's own
     "syncPeriod": "ipvs.sync_period",
     "minSyncPeriod": "ipvs.min_sync_period",
 }
@@ -324,6 +342,10 @@ def _validate(cfg: Config) -> None:
     if cfg.log_level not in _LOG_LEVELS:
         raise InputError(where, "logLevel", f"{cfg.log_level!r} is not one of "
                          f"{', '.join(_LOG_LEVELS)}", reason="bad_value")
+    try:
+        interface_name(cfg.ipvs_interface)
+    except ValueError as exc:
+        raise InputError(where, "ipvs.interface", str(exc), reason="bad_value") from None
     parse_bind_address(cfg.metrics_bind_address, where="metricsBindAddress")
     parse_bind_address(cfg.healthz_bind_address, where="healthzBindAddress")
     cluster_cidrs = cfg.cluster_cidr.split(",") if cfg.cluster_cidr else []

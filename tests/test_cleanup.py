@@ -20,7 +20,7 @@ import pytest
 from proxyd.backends.iptables import Variant, tool
 from proxyd.backends.ipvs import DEFAULT_INTERFACE
 from proxyd.backends.ipvs_plan import IpvsOptions, jumps, restore_text, set_specs
-from proxyd.commands.cleanup import owned_ipsets
+from proxyd.commands.cleanup import owned_devices, owned_ipsets
 from proxyd.model import IPFamily
 from tests.conftest import require
 
@@ -151,3 +151,18 @@ def test_kube_proxy_only_keeps_proxyds_state(netns: Netns) -> None:
 def test_kube_proxy_only_ipsets_are_kube_proxys() -> None:
     names = ["PROXYD-CLUSTER-IP", "KUBE-NODE-PORT-TCP", "FOREIGN"]
     assert owned_ipsets(names, proxyd=False, kube_proxy=True) == ["KUBE-NODE-PORT-TCP"]
+
+
+@pytest.mark.parametrize(
+    ("interface", "own", "kube_proxy", "want"),
+    [
+        pytest.param(DEFAULT_INTERFACE, True, False, [DEFAULT_INTERFACE], id="default"),
+        pytest.param("lb0", True, True, ["kube-ipvs0", "lb0"], id="both"),
+        pytest.param("lb0", False, True, ["kube-ipvs0"], id="kube-proxy-only"),
+        pytest.param("kube-ipvs0", True, True, ["kube-ipvs0"], id="replacing-both"),
+        # proxyd serves from kube-ipvs0: removing kube-proxy's leftovers must keep it
+        pytest.param("kube-ipvs0", False, True, [], id="replacing-kube-proxy-only"),
+    ],
+)
+def test_owned_devices(interface: str, own: bool, kube_proxy: bool, want: list[str]) -> None:
+    assert owned_devices(interface, own=own, kube_proxy=kube_proxy) == want

@@ -15,6 +15,7 @@ from proxyd.config import (
     IptablesBackendChoice,
     LogFormat,
     ProxyMode,
+    interface_name,
     load_file,
     parse_bind_address,
     parse_duration,
@@ -207,6 +208,7 @@ def test_bad_file_is_an_input_error_naming_the_field(tmp_path: Path, text, field
         pytest.param({"masquerade_bit": 32}, "masquerade_bit", id="mark-bit"),
         pytest.param({"log_level": "trace"}, "logLevel", id="log-level"),
         pytest.param({"iptables_backend": "xtables"}, "iptables_backend", id="backend"),
+        pytest.param({"ipvs_interface": "a-name-too-long0"}, "ipvs.interface", id="interface"),
     ],
 )
 def test_bad_values_are_refused(flags, field) -> None:
@@ -243,7 +245,7 @@ def run_parser() -> argparse.ArgumentParser:
 def test_every_run_flag_is_a_config_field() -> None:
     dests = {a.dest for a in run_parser()._actions if a.option_strings} - {"help", "config"}
     assert dests <= {f.name for f in dataclasses.fields(Config)}
-    assert len(dests) == 15
+    assert len(dests) == 16
 
 
 def test_flags_parse_and_override_the_file(tmp_path: Path) -> None:
@@ -260,3 +262,21 @@ def test_flags_parse_and_override_the_file(tmp_path: Path) -> None:
     assert cfg.ipvs_scheduler == "wlc"  # from the file: not given as a flag
     assert cfg.log_level == "debug"
     assert len(notes) == 3
+
+
+def test_ipvs_interface_comes_from_the_ipvs_section_and_the_flag_wins(tmp_path: Path) -> None:
+    path = write(tmp_path, "mode: ipvs\nipvs:\n  interface: kube-ipvs0\n")
+    values, notes = load_file(path)
+    assert resolve(values, {}, env={"NODE_NAME": "n"}).ipvs_interface == "kube-ipvs0"
+    assert notes == []
+    args = build_parser().parse_args(["run", "--config", path, "--ipvs-interface", "lb0"])
+    assert config_from_args(args, {"NODE_NAME": "n"})[0].ipvs_interface == "lb0"
+    assert resolve({}, {}, env={"NODE_NAME": "n"}).ipvs_interface == "proxyd-ipvs0"
+
+
+@pytest.mark.parametrize("name", ["", "x" * 16, "a/b", "a:b", "a b", ".", ".."])
+def test_interface_names_the_kernel_refuses_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="network device name"):
+        interface_name(name)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--ipvs-interface", name])

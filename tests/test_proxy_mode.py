@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pytest
 
@@ -13,7 +14,7 @@ import proxyd.backends.iptables as iptables
 import proxyd.backends.ipvs_netlink as ipvs_netlink
 import proxyd.commands.apply as apply_command
 from proxyd.backends.commands_runner import CompletedRun
-from proxyd.backends.ipvs import IpvsBackend, KernelDest, Op, OpError
+from proxyd.backends.ipvs import DEFAULT_INTERFACE, IpvsBackend, KernelDest, Op, OpError
 from proxyd.backends.ipvs_plan import SetSpec, VirtualServer, VsKey
 from proxyd.cli import build_parser
 from proxyd.commands.run import make_backend
@@ -81,3 +82,63 @@ def test_daemon_ipvs_backend_writes_rules_for_ipv6_too(monkeypatch: pytest.Monke
     assert isinstance(backend, IpvsBackend)
     assert backend.sync(node_plan(sp("web", internal=[ep("10.244.1.2")])), full=True).ok
     assert {"iptables-nft-restore", "ip6tables-nft-restore"} <= set(runner.binaries)
+
+
+class DeviceKernel(EmptyKernel):
+    """An empty kernel that records the devices proxyd prepares and removes."""
+
+    prepared: ClassVar[list[str]] = []
+    removed: ClassVar[list[str]] = []
+
+    def prepare(self, interface: str, sets: Sequence[SetSpec], sysctls: Mapping[str, str]) -> None:
+        self.prepared.append(interface)
+
+    def remove(self, interface: str, sets: Iterable[str]) -> None:
+        self.removed.append(interface)
+
+
+@pytest.fixture
+def kernel(monkeypatch: pytest.MonkeyPatch) -> type[DeviceKernel]:
+    """Fake netlink and commands; the links the code asks about exist."""
+    monkeypatch.setattr(DeviceKernel, "prepared", [])
+    monkeypatch.setattr(DeviceKernel, "removed", [])
+    monkeypatch.setattr(commands_runner, "SubprocessRunner", lambda *a, **k: Recorder())
+    monkeypatch.setattr(ipvs_netlink, "NetlinkIpvsClient", DeviceKernel)
+    monkeypatch.setattr(iptables, "available_families", lambda: (IPFamily.IPV4,))
+    return DeviceKernel
+
+
+def test_apply_and_run_program_the_ipvs_interface_they_are_given(
+    kernel: type[DeviceKernel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str] = []
+    monkeypatch.setattr(ipvs_netlink, "has_link", lambda name: asked.append(name) or False)
+    plan = node_plan(sp("web", internal=[ep("10.244.1.2")]))
+    argv = ["apply", "--manifests", "m", "--node", "n", "--proxy-mode", "ipvs"]
+    args = build_parser().parse_args([*argv, "--iptables-backend", "nft"])
+    assert args.ipvs_interface == DEFAULT_INTERFACE
+    args = build_parser().parse_args([*argv, "--ipvs-interface", "kube-ipvs0"])
+    applied, _ = apply_command._backend(args)
+    cfg = Config(node_name="n", proxy_mode=ProxyMode.IPVS, ipvs_interface="kube-ipvs0",
+                 iptables_backend=IptablesBackendChoice.NFT)  # fmt: skip
+    ran, cold = make_backend(cfg)
+    assert applied.sync(plan, full=True).ok and ran.sync(plan, full=True).ok
+    assert kernel.prepared == ["kube-ipvs0", "kube-ipvs0"]
+    assert asked == ["kube-ipvs0"] and cold  # a cold node: that device is missing
+
+
+def test_cleanup_removes_the_ipvs_interface_it_is_given(
+    kernel: type[DeviceKernel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    removed: list[list[str]] = []
+    monkeypatch.setattr(ipvs_netlink, "has_link", lambda name: True)
+    monkeypatch.setattr(ipvs_netlink, "ipset_names", list)
+    monkeypatch.setattr(
+        ipvs_netlink, "remove_links_and_sets", lambda links, sets: removed.append(list(links))
+    )
+    base = ["cleanup", "--iptables-backend", "nft"]
+    for flags in (["--ipvs-interface", "lb0"], ["--ipvs-interface", "lb0", "--kube-proxy-only"]):
+        args = build_parser().parse_args([*base, *flags])
+        assert args.handler(args) == 0
+    assert kernel.removed == ["lb0"]  # the backend's cleanup, not run for --kube-proxy-only
+    assert removed == [["lb0"], ["kube-ipvs0"]]

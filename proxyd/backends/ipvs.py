@@ -56,6 +56,7 @@ from proxyd.backends.ipvs_plan import (
     restore_text,
     set_specs,
 )
+from proxyd.config import DEFAULT_IPVS_INTERFACE
 from proxyd.errors import BackendError
 from proxyd.model import IPFamily, NodePlan, Protocol, ServicePlan, ServicePortKey
 
@@ -84,7 +85,7 @@ __all__ = [
     "owned",
 ]
 
-DEFAULT_INTERFACE = "proxyd-ipvs0"
+DEFAULT_INTERFACE = DEFAULT_IPVS_INTERFACE  # one definition: the config's default
 #: Sysctls IPVS mode needs (relative to /proc/sys). conntrack=1 lets iptables NAT
 #: (masquerade) see IPVS connections; conn_reuse_mode=1 reschedules a new connection that
 #: reuses an old source port (so it avoids draining real servers); expire_nodest_conn

@@ -14,9 +14,9 @@ import ipaddress
 import sys
 
 from proxyd.backends import Backend
-from proxyd.config import IptablesBackendChoice, ProxyMode
+from proxyd.config import DEFAULT_IPVS_INTERFACE, IptablesBackendChoice, ProxyMode, interface_name
 
-__all__ = ["add_rule_options", "cidr_list", "register"]
+__all__ = ["add_ipvs_interface_option", "add_rule_options", "cidr_list", "register"]
 
 
 def cidr_list(value: str) -> tuple[str, ...]:
@@ -53,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="IPVS mode: scheduler of services without the proxyd.io/ipvs-scheduler "
         "annotation (default: %(default)s)",
     )  # fmt: skip
+    add_ipvs_interface_option(parser)
     parser.add_argument("--proxy-name", default="proxyd")
     parser.set_defaults(handler=run)
 
@@ -73,6 +74,15 @@ def add_rule_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--masquerade-bit", type=int, default=14, choices=range(32), metavar="0..31",
         help="fwmark bit that marks traffic to masquerade (default: %(default)s)",
+    )  # fmt: skip
+
+
+def add_ipvs_interface_option(parser: argparse.ArgumentParser) -> None:
+    """``--ipvs-interface`` (shared with ``proxyd cleanup``, which removes that device)."""
+    parser.add_argument(
+        "--ipvs-interface", type=interface_name, default=DEFAULT_IPVS_INTERFACE, metavar="NAME",
+        help="IPVS mode: device holding the service addresses; kube-ipvs0 only when "
+        "replacing kube-proxy (default: %(default)s)",
     )  # fmt: skip
 
 
@@ -135,5 +145,10 @@ def _backend(args: argparse.Namespace) -> tuple[Backend, str]:
                 masquerade_all=args.masquerade_all,
                 masquerade_bit=args.masquerade_bit,
             )
-            return IpvsBackend.real(ipvs_options, iptables_backend=args.iptables_backend), "ipvs"
+            ipvs = IpvsBackend.real(
+                ipvs_options,
+                iptables_backend=args.iptables_backend,
+                interface=args.ipvs_interface,
+            )
+            return ipvs, "ipvs"
     raise AssertionError(f"unhandled proxy mode {args.proxy_mode}")

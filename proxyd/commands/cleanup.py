@@ -4,15 +4,17 @@ iptables: deletes every chain of both modes (``PROXYD-*``, ``PROXYD-IPVS-*``) an
 rule that jumps to one, per family, in one restore each; ``--iptables-backend auto``
 cleans both nft and legacy tables (whichever are installed): stale rules may sit in
 either. IPVS mode: proxyd's virtual servers (through the IPVS backend's own cleanup, when
-the kernel has IPVS), then every ``PROXYD-*`` ipset and the ``proxyd-ipvs0`` device —
-these last two also on a kernel without IPVS, where a failed start may have left them.
+the kernel has IPVS), then every ``PROXYD-*`` ipset and proxyd's device (``proxyd-ipvs0``,
+or the one ``--ipvs-interface`` names, as given to ``run``/``apply``) — these last two
+also on a kernel without IPVS, where a failed start may have left them.
 Chains go first: the kernel refuses to destroy an ipset a rule still uses.
 
 With ``--kube-proxy`` it also removes what kube-proxy leaves behind (``KUBE-SERVICES``,
 ``KUBE-SVC-*`` …, never the kubelet's own chains; in IPVS mode its ``KUBE-*`` ipsets and
 ``kube-ipvs0``), for nodes that switch from kube-proxy to proxyd. ``--kube-proxy-only``
 removes kube-proxy's leftovers and keeps proxyd's state: that is the step of a migration
-without downtime, run while proxyd already serves the node. Idempotent.
+without downtime, run while proxyd already serves the node (when proxyd's device is
+``kube-ipvs0`` it stays). Idempotent.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import argparse
 import shutil
 from collections.abc import Iterable
 
+from proxyd.commands.apply import add_ipvs_interface_option
 from proxyd.config import IptablesBackendChoice
 
-__all__ = ["owned_ipsets", "register"]
+__all__ = ["owned_devices", "owned_ipsets", "register"]
 
 _KUBE_PROXY_DEVICE = "kube-ipvs0"
 
@@ -47,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--iptables-backend", choices=[c.value for c in IptablesBackendChoice], default="auto",
         help="which iptables to clean; auto cleans both (default: %(default)s)",
     )  # fmt: skip
+    add_ipvs_interface_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -60,8 +64,16 @@ def run(args: argparse.Namespace) -> int:
     own = not args.kube_proxy_only
     kube_proxy = args.kube_proxy or args.kube_proxy_only
     _remove_chains(args.iptables_backend, own=own, kube_proxy=kube_proxy)
-    _remove_ipvs_state(args.iptables_backend, own=own, kube_proxy=kube_proxy)
+    _remove_ipvs_state(args.iptables_backend, args.ipvs_interface, own=own, kube_proxy=kube_proxy)
     return 0
+
+
+def owned_devices(interface: str, *, own: bool, kube_proxy: bool) -> list[str]:
+    """The devices cleanup deletes: proxyd's ``interface`` and/or kube-proxy's
+    ``kube-ipvs0`` — never proxyd's own when only kube-proxy's leftovers go."""
+    mine = [interface] if own else []
+    theirs = [_KUBE_PROXY_DEVICE] if kube_proxy and (own or interface != _KUBE_PROXY_DEVICE) else []
+    return sorted({*mine, *theirs})
 
 
 def _remove_chains(iptables_backend: str, *, own: bool, kube_proxy: bool) -> None:
@@ -88,19 +100,21 @@ def _remove_chains(iptables_backend: str, *, own: bool, kube_proxy: bool) -> Non
             print(f"proxyd cleanup: {tool(variant, family)}: {what}")
 
 
-def _remove_ipvs_state(iptables_backend: str, *, own: bool, kube_proxy: bool) -> None:
+def _remove_ipvs_state(
+    iptables_backend: str, interface: str, *, own: bool, kube_proxy: bool
+) -> None:
     """Virtual servers through :meth:`IpvsBackend.cleanup` when the kernel has IPVS, then
     whatever ipsets and devices are left (all of them on a kernel without IPVS)."""
-    from proxyd.backends.ipvs import DEFAULT_INTERFACE, IpvsBackend
+    from proxyd.backends.ipvs import IpvsBackend
     from proxyd.backends.ipvs_netlink import has_link, ipset_names, remove_links_and_sets
     from proxyd.errors import BackendError
 
     sets = owned_ipsets(ipset_names(), proxyd=own, kube_proxy=kube_proxy)
-    wanted = [*([DEFAULT_INTERFACE] if own else []), *([_KUBE_PROXY_DEVICE] if kube_proxy else [])]
+    wanted = owned_devices(interface, own=own, kube_proxy=kube_proxy)
     devices = [d for d in wanted if has_link(d)]
     if own:
         try:
-            backend = IpvsBackend.real(iptables_backend=iptables_backend)
+            backend = IpvsBackend.real(iptables_backend=iptables_backend, interface=interface)
         except BackendError as exc:
             print(f"proxyd cleanup: IPVS: skipped ({exc})")
         else:

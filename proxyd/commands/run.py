@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from proxyd.backends import Backend, SyncResult
 from proxyd.config import (
+    DEFAULT_IPVS_INTERFACE,
     Config,
     IptablesBackendChoice,
     LogFormat,
     ProxyMode,
+    interface_name,
     load_file,
     parse_bind_address,
     resolve,
@@ -89,6 +91,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ipvs-scheduler", dest="ipvs_scheduler", metavar="NAME",
                    help="default IPVS scheduler (rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, "
                    "nq, mh)")
+    p.add_argument("--ipvs-interface", dest="ipvs_interface", metavar="NAME", type=interface_name,
+                   help="IPVS mode: device holding the service addresses (default "
+                   f"{DEFAULT_IPVS_INTERFACE}; kube-ipvs0 only when replacing kube-proxy)")
     p.add_argument("--cluster-cidr", dest="cluster_cidr", metavar="CIDR[,CIDR]")
     p.add_argument("--nodeport-addresses", dest="nodeport_addresses", metavar="CIDR[,CIDR]",
                    help="addresses NodePorts answer on (default: all)")
@@ -218,7 +223,7 @@ def make_backend(cfg: Config) -> tuple[Backend, bool]:
     cluster_cidrs = tuple(cfg.cluster_cidr.split(",")) if cfg.cluster_cidr else ()
     log.info("backend", extra=kv(mode=cfg.proxy_mode.value, iptables=variant.value))
     if cfg.proxy_mode is ProxyMode.IPVS:
-        from proxyd.backends.ipvs import DEFAULT_INTERFACE, IpvsBackend
+        from proxyd.backends.ipvs import IpvsBackend
         from proxyd.backends.ipvs_netlink import has_link
         from proxyd.backends.ipvs_plan import IpvsOptions
 
@@ -230,8 +235,10 @@ def make_backend(cfg: Config) -> tuple[Backend, bool]:
             masquerade_bit=cfg.masquerade_bit,
         )
         # the variant detected above, not detected again; IPv6 too when the kernel has it
-        ipvs = IpvsBackend.real(ipvs_options, iptables_backend=variant.value)
-        return ipvs, not has_link(DEFAULT_INTERFACE)
+        ipvs = IpvsBackend.real(
+            ipvs_options, iptables_backend=variant.value, interface=cfg.ipvs_interface
+        )
+        return ipvs, not has_link(cfg.ipvs_interface)
     options = RenderOptions(
         cluster_cidrs=cluster_cidrs,
         masquerade_all=cfg.masquerade_all,

@@ -277,7 +277,9 @@ def test_apply_command_programs_what_plan_format_ipvs_prints(
 
 
 def _in(ns: str, *argv: str) -> str:
-    run = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True)
+    run = subprocess.run(
+        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 0, (argv, run.stderr)
     return run.stdout
 
@@ -300,7 +302,9 @@ def _kernel_state(ns: str) -> dict[str, set[str]]:
     }
 
 
-def test_cleanup_command_removes_proxyd_state_and_keeps_foreign_state(tmp_path) -> None:
+def test_cleanup_command_removes_proxyd_state_and_keeps_foreign_state(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import sys
 
     import yaml
@@ -351,9 +355,13 @@ def test_cleanup_command_removes_proxyd_state_and_keeps_foreign_state(tmp_path) 
             "links": kept["links"] - {"proxyd-ipvs0"},
         }, out
         assert "FOREIGN-CHAIN" in gone["chains"] and "foreign0" in gone["links"]
+        assert "IPVS: proxyd's virtual servers removed" in out
 
+        capsys.readouterr()
         with netns(ns):  # idempotent
             assert main(["cleanup"]) == 0
         assert _kernel_state(ns) == gone
+        again = capsys.readouterr().out
+        assert "ipsets: nothing to remove" in again and "devices: nothing to remove" in again
     finally:
         ip_batch([f"netns del {ns}"])
