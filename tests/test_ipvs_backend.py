@@ -27,6 +27,7 @@ from proxyd.backends.ipvs import (
     SetService,
 )
 from proxyd.backends.ipvs_plan import IpvsOptions, RealServer, SetSpec, VirtualServer, VsKey
+from proxyd.commands.cleanup import KUBE_PROXY_NODE_PORT_SETS
 from proxyd.model import Endpoint, NodePlan, Protocol
 from tests.builders import ep, node_plan, sp
 
@@ -41,6 +42,7 @@ class FakeKernel:
     vs: dict[VsKey, VirtualServer] = field(default_factory=dict)
     dests_: dict[VsKey, dict[tuple[str, int], KernelDest]] = field(default_factory=dict)
     addrs: set[str] = field(default_factory=set)
+    others: dict[str, set[str]] = field(default_factory=dict)  # addresses of other interfaces
     sets: dict[str, set[str]] = field(default_factory=dict)
     ops: list[Op] = field(default_factory=list)
     prepared: int = 0
@@ -60,7 +62,7 @@ class FakeKernel:
         return {k: list(self.dests_[k].values()) for k in keys if k in self.vs}
 
     def addresses(self, interface: str) -> set[str]:
-        return set(self.addrs)
+        return set(self.others.get(interface, self.addrs))
 
     def members(self, sets: Iterable[str]) -> dict[str, set[str]]:
         return {s: set(self.sets.get(s, ())) for s in sets}
@@ -349,6 +351,51 @@ def test_cleanup_removes_only_proxyds_state(backend: IpvsBackend, kernel: FakeKe
     backend.sync(plan(A, node_port=30080), full=True)
     backend.cleanup()
     assert set(kernel.vs) == {foreign} and kernel.removed
+
+
+def test_remove_foreign_deletes_kube_proxys_virtual_servers_only(
+    backend: IpvsBackend, kernel: FakeKernel
+) -> None:
+    backend.sync(plan(A, node_port=30080), full=True)  # proxyd: VIP:80, 192.168.1.5:30080
+    mine = set(kernel.vs)
+    node, other_node = "192.168.1.5", "192.168.1.6"
+    kernel.others["kube-ipvs0"] = {"10.96.0.20", VIP}  # kube-proxy binds VIP too
+    kernel.sets |= {"KUBE-NODE-PORT-TCP": {"30090", "30080"}, "KUBE-NODE-PORT-LOCAL-UDP": {"30091"}}
+    theirs = {
+        VsKey(Protocol.TCP, "10.96.0.20", 443),  # address on kube-ipvs0
+        VsKey(Protocol.TCP, node, 30090),  # NodePort on a local address
+        VsKey(Protocol.UDP, node, 30091),  # eTP Local NodePort
+    }
+    foreign = {
+        VsKey(Protocol.TCP, "10.99.0.1", 443),  # someone else's
+        VsKey(Protocol.TCP, other_node, 30090),  # port in the set, address not local
+        VsKey(Protocol.UDP, node, 30090),  # port in the TCP set only
+        VsKey(Protocol.TCP, node, 31000),  # port in no set
+    }
+    for key in theirs | foreign:
+        kernel.vs[key] = VirtualServer(key, "rr")
+        kernel.dests_[key] = {}
+
+    gone = backend.remove_foreign("kube-ipvs0", KUBE_PROXY_NODE_PORT_SETS, {node})
+
+    assert set(gone) == theirs
+    assert set(kernel.vs) == mine | foreign  # proxyd's survive even where both markers hold
+    assert not kernel.removed  # the markers stay: the caller removes them afterwards
+    assert backend.sync(plan(A, node_port=30080), full=False).ok
+
+
+def test_remove_foreign_keeps_proxyds_when_it_serves_from_kube_ipvs0(kernel: FakeKernel) -> None:
+    backend = IpvsBackend(kernel, FakeRunner(), clock=Clock(), interface="kube-ipvs0")
+    backend.sync(plan(A, node_port=30080), full=True)
+    mine = set(kernel.vs)
+    stale = VsKey(Protocol.TCP, "192.168.1.5", 30090)
+    kernel.sets["KUBE-NODE-PORT-TCP"] = {"30080", "30090"}
+    kernel.vs[stale] = VirtualServer(stale, "rr")
+    kernel.dests_[stale] = {}
+
+    gone = backend.remove_foreign("kube-ipvs0", KUBE_PROXY_NODE_PORT_SETS, {"192.168.1.5"})
+
+    assert gone == [stale] and set(kernel.vs) == mine
 
 
 def test_partial_sync_looks_only_at_changed_service_ports(kernel: FakeKernel) -> None:

@@ -133,6 +133,7 @@ def test_cleanup_removes_the_ipvs_interface_it_is_given(
     removed: list[list[str]] = []
     monkeypatch.setattr(ipvs_netlink, "has_link", lambda name: True)
     monkeypatch.setattr(ipvs_netlink, "ipset_names", list)
+    monkeypatch.setattr(ipvs_netlink, "local_addresses", frozenset)
     monkeypatch.setattr(
         ipvs_netlink, "remove_links_and_sets", lambda links, sets: removed.append(list(links))
     )

@@ -238,12 +238,24 @@ class Observed:
     members: Mapping[str, frozenset[str]]
 
 
-def owned(key: VsKey, addresses: frozenset[str], members: Mapping[str, frozenset[str]]) -> bool:
-    """Whether a virtual server in the kernel is proxyd's (see the module docstring)."""
+def owned(
+    key: VsKey,
+    addresses: AbstractSet[str],
+    members: Mapping[str, AbstractSet[str]],
+    node_port_sets: Mapping[Protocol, Sequence[str]] = NODE_PORT_SETS,
+    *,
+    local: AbstractSet[str] | None = None,
+) -> bool:
+    """Whether a virtual server in the kernel is proxyd's (see the module docstring), or,
+    given another proxy's ``node_port_sets`` (and its interface's ``addresses``), that
+    proxy's; ``local`` limits NodePort matches to these addresses (``None``: any)."""
     if key.address in addresses:
         return True
+    if local is not None and key.address not in local:
+        return False
     return any(
-        str(key.port) in members.get(name, frozenset()) for name in NODE_PORT_SETS[key.protocol]
+        str(key.port) in members.get(name, frozenset())
+        for name in node_port_sets.get(key.protocol, ())
     )
 
 
@@ -508,6 +520,32 @@ class IpvsBackend:
         self._client.remove(self._interface, [s.name for s in specs])
         self._mirror = _Mirror()
         self._need_full = True
+
+    def remove_foreign(
+        self,
+        interface: str,
+        node_port_sets: Mapping[Protocol, Sequence[str]],
+        local: AbstractSet[str],
+    ) -> list[VsKey]:
+        """Delete another proxy's virtual servers (kube-proxy's, for a migration), told
+        apart by the markers proxyd uses for its own — an address on that proxy's
+        ``interface``, or a port in its ``node_port_sets`` on a ``local`` address — but
+        never one that is proxyd's too (both serve the same services during a
+        migration). Returns the deleted ones; the markers stay (the caller removes them)."""
+        mine = self._client.addresses(self._interface)
+        sets = [n for names in (*NODE_PORT_SETS.values(), *node_port_sets.values()) for n in names]
+        members = self._client.members(sets)
+        theirs = self._client.addresses(interface)
+        doomed = sorted(
+            k
+            for k in self._client.services()
+            if owned(k, theirs, members, node_port_sets, local=local)
+            and not owned(k, mine, members)
+        )
+        errors = self._client.apply([DelService(k) for k in doomed])
+        if errors:
+            raise BackendError(f"cannot delete IPVS services: {errors[0].message}")
+        return doomed
 
     # --- steps ---
 

@@ -44,6 +44,7 @@ __all__ = [
     "ensure_device",
     "has_link",
     "ipset_names",
+    "local_addresses",
     "remove_links_and_sets",
 ]
 
@@ -402,6 +403,16 @@ def has_link(name: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def local_addresses() -> frozenset[str]:
+    """Every address bound in this network namespace (where NodePorts live)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        return frozenset(
+            str(a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()
+        )
 
 
 _IPSET_LIST_SETNAME = 0x2  # IPSET_FLAG_LIST_SETNAME: names only, no members

@@ -10,25 +10,32 @@ also on a kernel without IPVS, where a failed start may have left them.
 Chains go first: the kernel refuses to destroy an ipset a rule still uses.
 
 With ``--kube-proxy`` it also removes what kube-proxy leaves behind (``KUBE-SERVICES``,
-``KUBE-SVC-*`` …, never the kubelet's own chains; in IPVS mode its ``KUBE-*`` ipsets and
+``KUBE-SVC-*`` …, never the kubelet's own chains; in IPVS mode its virtual servers —
+those on an address bound on ``kube-ipvs0``, or on a local address with a port in its
+``KUBE-NODE-PORT-*`` sets, recognised before those go — then its ``KUBE-*`` ipsets and
 ``kube-ipvs0``), for nodes that switch from kube-proxy to proxyd. ``--kube-proxy-only``
 removes kube-proxy's leftovers and keeps proxyd's state: that is the step of a migration
 without downtime, run while proxyd already serves the node (when proxyd's device is
-``kube-ipvs0`` it stays). Idempotent.
+``kube-ipvs0`` it stays, and a virtual server proxyd owns too is never removed). Idempotent.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from proxyd.commands.apply import add_ipvs_interface_option
 from proxyd.config import IptablesBackendChoice
+from proxyd.model import Protocol
 
-__all__ = ["owned_devices", "owned_ipsets", "register"]
+__all__ = ["KUBE_PROXY_NODE_PORT_SETS", "owned_devices", "owned_ipsets", "register"]
 
 _KUBE_PROXY_DEVICE = "kube-ipvs0"
+#: kube-proxy's NodePort sets (bitmap:port; its SCTP ones are hash:ip,port, not listed).
+KUBE_PROXY_NODE_PORT_SETS: Mapping[Protocol, tuple[str, str]] = {
+    p: (f"KUBE-NODE-PORT-{p}", f"KUBE-NODE-PORT-LOCAL-{p}") for p in (Protocol.TCP, Protocol.UDP)
+}
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -103,21 +110,33 @@ def _remove_chains(iptables_backend: str, *, own: bool, kube_proxy: bool) -> Non
 def _remove_ipvs_state(
     iptables_backend: str, interface: str, *, own: bool, kube_proxy: bool
 ) -> None:
-    """Virtual servers through :meth:`IpvsBackend.cleanup` when the kernel has IPVS, then
-    whatever ipsets and devices are left (all of them on a kernel without IPVS)."""
+    """Virtual servers when the kernel has IPVS — kube-proxy's through
+    :meth:`IpvsBackend.remove_foreign` while ``kube-ipvs0`` and its sets still mark them,
+    proxyd's through :meth:`IpvsBackend.cleanup` — then whatever ipsets and devices are
+    left (all of them on a kernel without IPVS)."""
     from proxyd.backends.ipvs import IpvsBackend
-    from proxyd.backends.ipvs_netlink import has_link, ipset_names, remove_links_and_sets
+    from proxyd.backends.ipvs_netlink import (
+        has_link,
+        ipset_names,
+        local_addresses,
+        remove_links_and_sets,
+    )
     from proxyd.errors import BackendError
 
     sets = owned_ipsets(ipset_names(), proxyd=own, kube_proxy=kube_proxy)
     wanted = owned_devices(interface, own=own, kube_proxy=kube_proxy)
     devices = [d for d in wanted if has_link(d)]
-    if own:
-        try:
-            backend = IpvsBackend.real(iptables_backend=iptables_backend, interface=interface)
-        except BackendError as exc:
-            print(f"proxyd cleanup: IPVS: skipped ({exc})")
-        else:
+    try:
+        backend = IpvsBackend.real(iptables_backend=iptables_backend, interface=interface)
+    except BackendError as exc:
+        print(f"proxyd cleanup: IPVS: skipped ({exc})")
+    else:
+        if kube_proxy:
+            local = local_addresses()
+            gone = backend.remove_foreign(_KUBE_PROXY_DEVICE, KUBE_PROXY_NODE_PORT_SETS, local)
+            what = f"removed {len(gone)}" if gone else "nothing to remove"
+            print(f"proxyd cleanup: IPVS: kube-proxy's virtual servers: {what}")
+        if own:
             backend.cleanup()
             print("proxyd cleanup: IPVS: proxyd's virtual servers removed")
     remove_links_and_sets(devices, sets)

@@ -330,18 +330,32 @@ def test_cleanup_command_removes_proxyd_state_and_keeps_foreign_state(
         _in(ns, "iptables-nft", "-t", "nat", "-N", "FOREIGN-CHAIN")
         _in(ns, "iptables-nft", "-t", "nat", "-N", "KUBE-SERVICES")
         ip_batch(["link add kube-ipvs0 type dummy", "link add foreign0 type dummy"], ns)
+        # kube-proxy's virtual servers: a service IP on kube-ipvs0, a NodePort on a node
+        # address; its set also lists proxyd's NodePort (both serve it mid-migration)
+        ip_batch(
+            ["addr add 10.96.0.50/32 dev kube-ipvs0", f"addr add {NODE_IPS[0]}/32 dev foreign0"], ns
+        )
+        _in(ns, "ipset", "create", "KUBE-NODE-PORT-TCP", "bitmap:port", "range", "0-65535")
+        for port in ("30090", "30080"):
+            _in(ns, "ipset", "add", "KUBE-NODE-PORT-TCP", port)
+        kube = {"TCP 10.96.0.50:443", f"TCP {NODE_IPS[0]}:30090"}
+        for server in kube:
+            _in(ns, "ipvsadm", "-A", "-t", server.split()[1], "-s", "rr")
         mine = _kernel_state(ns)
+        assert kube <= mine["vs"]
         assert {f"TCP {VIP}:80", f"TCP {NODE_IPS[0]}:30080"} <= mine["vs"]
         assert "proxyd-ipvs0" in mine["links"]
         assert any(s.startswith("PROXYD-") for s in mine["sets"])
         assert any(c.startswith("PROXYD-IPVS-") for c in mine["chains"])
 
+        capsys.readouterr()
         with netns(ns):  # the migration step: kube-proxy's leftovers only
             assert main(["cleanup", "--kube-proxy-only"]) == 0
+        assert "IPVS: kube-proxy's virtual servers: removed 2" in capsys.readouterr().out
         kept = _kernel_state(ns)
         assert kept == {
-            "vs": mine["vs"],
-            "sets": mine["sets"] - {"KUBE-CLUSTER-IP"},
+            "vs": mine["vs"] - kube,
+            "sets": mine["sets"] - {"KUBE-CLUSTER-IP", "KUBE-NODE-PORT-TCP"},
             "chains": mine["chains"] - {"KUBE-SERVICES"},
             "links": mine["links"] - {"kube-ipvs0"},
         }
