@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from proxyd.model import NodePlan, ServicePortKey
 
-__all__ = ["Backend", "SyncResult"]
+if TYPE_CHECKING:
+    from proxyd.backends.iptables import Variant
+    from proxyd.config import Config
+
+__all__ = ["Backend", "SyncResult", "build_backend"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,3 +48,48 @@ class Backend(Protocol):
     def sync(self, plan: NodePlan, *, full: bool) -> SyncResult: ...
 
     def cleanup(self) -> None: ...
+
+
+def build_backend(cfg: Config) -> tuple[Backend, Variant]:
+    """The backend ``cfg.proxy_mode`` asks for, on real commands and netlink, and the
+    iptables variant it writes with (detected once, here). ``proxyd run`` and
+    ``proxyd apply`` both build theirs here, so the two cannot drift apart."""
+    from proxyd.backends.commands_runner import SubprocessRunner
+    from proxyd.backends.conntrack import ConntrackCleaner
+    from proxyd.backends.iptables import IptablesBackend, available_families, resolve_variant
+    from proxyd.backends.iptables_render import RenderOptions
+    from proxyd.config import ProxyMode
+
+    runner = SubprocessRunner()
+    variant = resolve_variant(runner, cfg.iptables_backend.value)
+    cluster_cidrs = tuple(cfg.cluster_cidr.split(",")) if cfg.cluster_cidr else ()
+    if cfg.proxy_mode is ProxyMode.IPVS:
+        from proxyd.backends.ipvs import IpvsBackend
+        from proxyd.backends.ipvs_plan import IpvsOptions
+
+        ipvs_options = IpvsOptions(
+            default_scheduler=cfg.ipvs_scheduler,
+            nodeport_addresses=cfg.nodeport_addresses,
+            cluster_cidrs=cluster_cidrs,
+            masquerade_all=cfg.masquerade_all,
+            masquerade_bit=cfg.masquerade_bit,
+        )
+        # the variant detected above, not detected again; IPv6 too when the kernel has it
+        ipvs = IpvsBackend.real(
+            ipvs_options, iptables_backend=variant.value, interface=cfg.ipvs_interface
+        )
+        return ipvs, variant
+    options = RenderOptions(
+        cluster_cidrs=cluster_cidrs,
+        masquerade_all=cfg.masquerade_all,
+        nodeport_addresses=cfg.nodeport_addresses,
+        masquerade_bit=cfg.masquerade_bit,
+    )
+    backend = IptablesBackend(
+        runner,
+        variant,
+        options=options,
+        families=available_families(),
+        conntrack=ConntrackCleaner(runner),
+    )
+    return backend, variant

@@ -59,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def add_rule_options(parser: argparse.ArgumentParser) -> None:
-    """The kube-proxy flags that shape rules (shared with ``proxyd run``)."""
+    """The kube-proxy flags that shape rules (``proxyd run`` has its own: its flags
+    override a config file, so they default to unset)."""
     parser.add_argument(
         "--cluster-cidr", type=cidr_list, default=(), metavar="CIDR[,CIDR]",
         help="pod CIDR(s); traffic to cluster IPs from outside them is masqueraded",
@@ -111,44 +112,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _backend(args: argparse.Namespace) -> tuple[Backend, str]:
-    """The backend for ``--proxy-mode``, and a name for messages."""
-    match ProxyMode(args.proxy_mode):
-        case ProxyMode.IPTABLES:
-            from proxyd.backends.commands_runner import SubprocessRunner
-            from proxyd.backends.iptables import (
-                IptablesBackend,
-                available_families,
-                resolve_variant,
-            )
-            from proxyd.backends.iptables_render import RenderOptions
+    """The backend for ``--proxy-mode`` (built as ``proxyd run`` builds it), and a name
+    for messages."""
+    from proxyd.backends import build_backend
+    from proxyd.config import Config
 
-            runner = SubprocessRunner()
-            variant = resolve_variant(runner, args.iptables_backend)
-            options = RenderOptions(
-                cluster_cidrs=args.cluster_cidr,
-                masquerade_all=args.masquerade_all,
-                nodeport_addresses=args.nodeport_addresses,
-                masquerade_bit=args.masquerade_bit,
-            )
-            backend = IptablesBackend(
-                runner, variant, options=options, families=available_families()
-            )
-            return backend, f"iptables {variant}"
-        case ProxyMode.IPVS:
-            from proxyd.backends.ipvs import IpvsBackend
-            from proxyd.backends.ipvs_plan import IpvsOptions
-
-            ipvs_options = IpvsOptions(
-                default_scheduler=args.ipvs_scheduler,
-                nodeport_addresses=args.nodeport_addresses,
-                cluster_cidrs=args.cluster_cidr,
-                masquerade_all=args.masquerade_all,
-                masquerade_bit=args.masquerade_bit,
-            )
-            ipvs = IpvsBackend.real(
-                ipvs_options,
-                iptables_backend=args.iptables_backend,
-                interface=args.ipvs_interface,
-            )
-            return ipvs, "ipvs"
-    raise AssertionError(f"unhandled proxy mode {args.proxy_mode}")
+    cfg = Config(
+        node_name=args.node,
+        proxy_mode=ProxyMode(args.proxy_mode),
+        ipvs_scheduler=args.ipvs_scheduler,
+        ipvs_interface=args.ipvs_interface,
+        cluster_cidr=",".join(args.cluster_cidr) or None,
+        nodeport_addresses=args.nodeport_addresses,
+        masquerade_all=args.masquerade_all,
+        masquerade_bit=args.masquerade_bit,
+        proxy_name=args.proxy_name,
+        iptables_backend=IptablesBackendChoice(args.iptables_backend),
+    )
+    backend, variant = build_backend(cfg)
+    name = "ipvs" if cfg.proxy_mode is ProxyMode.IPVS else f"iptables {variant}"
+    return backend, name

@@ -213,41 +213,16 @@ class Shutdown:
 def make_backend(cfg: Config) -> tuple[Backend, bool]:
     """The backend ``--proxy-mode`` asks for, configured from ``cfg``, and whether the
     kernel holds none of proxyd's state yet (a cold node: see :meth:`Syncer.prime`)."""
+    from proxyd.backends import build_backend
     from proxyd.backends.commands_runner import SubprocessRunner
-    from proxyd.backends.conntrack import ConntrackCleaner
-    from proxyd.backends.iptables import IptablesBackend, available_families, resolve_variant
-    from proxyd.backends.iptables_render import RenderOptions
 
-    runner = SubprocessRunner()
-    variant = resolve_variant(runner, cfg.iptables_backend.value)
-    cluster_cidrs = tuple(cfg.cluster_cidr.split(",")) if cfg.cluster_cidr else ()
+    backend, variant = build_backend(cfg)
     log.info("backend", extra=kv(mode=cfg.proxy_mode.value, iptables=variant.value))
     if cfg.proxy_mode is ProxyMode.IPVS:
-        from proxyd.backends.ipvs import IpvsBackend
         from proxyd.backends.ipvs_netlink import has_link
-        from proxyd.backends.ipvs_plan import IpvsOptions
 
-        ipvs_options = IpvsOptions(
-            default_scheduler=cfg.ipvs_scheduler,
-            nodeport_addresses=cfg.nodeport_addresses,
-            cluster_cidrs=cluster_cidrs,
-            masquerade_all=cfg.masquerade_all,
-            masquerade_bit=cfg.masquerade_bit,
-        )
-        # the variant detected above, not detected again; IPv6 too when the kernel has it
-        ipvs = IpvsBackend.real(
-            ipvs_options, iptables_backend=variant.value, interface=cfg.ipvs_interface
-        )
-        return ipvs, not has_link(cfg.ipvs_interface)
-    options = RenderOptions(
-        cluster_cidrs=cluster_cidrs,
-        masquerade_all=cfg.masquerade_all,
-        nodeport_addresses=cfg.nodeport_addresses,
-        masquerade_bit=cfg.masquerade_bit,
-    )
-    backend = IptablesBackend(runner, variant, options=options, families=available_families(),
-                              conntrack=ConntrackCleaner(runner))
-    return backend, _iptables_cold(runner, variant)
+        return backend, not has_link(cfg.ipvs_interface)
+    return backend, _iptables_cold(SubprocessRunner(), variant)
 
 
 def _iptables_cold(runner: CommandRunner, variant: Variant) -> bool:
