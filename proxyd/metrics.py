@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from proxyd.model import NodePlan, ServicePort, ServicePortKey, TrafficPolicy
+from proxyd.model import NodePlan, ServicePort, TrafficPolicy
 
 __all__ = ["DURATION_BUCKETS", "PROGRAMMING_BUCKETS", "Metrics"]
 
@@ -162,9 +162,8 @@ class Metrics:
 
     # --- what the plan decided ------------------------------------------------------
 
-    def observe_plan(self, plan: NodePlan, candidates: Mapping[ServicePortKey, int]) -> None:
-        """Topology gauges from a plan; ``candidates`` is, per service port, how many
-        distinct endpoints it has before any filtering."""
+    def observe_plan(self, plan: NodePlan) -> None:
+        """Topology gauges from a plan (kept/dropped against each port's candidates)."""
         ports: Tally[str] = Tally()
         kept: Tally[str] = Tally()
         dropped: Tally[str] = Tally()
@@ -172,7 +171,7 @@ class Metrics:
         for sp in plan.services:
             ports[sp.mode] += 1
             kept[sp.mode] += len(sp.internal)
-            dropped[sp.mode] += max(candidates.get(sp.key, 0) - len(sp.internal), 0)
+            dropped[sp.mode] += max(sp.candidates - len(sp.internal), 0)
             if sp.port.internal_traffic_policy is TrafficPolicy.LOCAL and not sp.internal:
                 no_local["internal"] += 1
             if (

@@ -266,7 +266,9 @@ class ServicePlan:
     that decided (``openyurt:nodepool``, ``topologyKeys:<key>``, ``PreferSameZone``,
     ``PreferSameNode``, ``internalTrafficPolicy:Local``, ``none`` …); ``reason`` says it
     in words; ``warnings`` are things an operator must be told (events/metrics).
-    ``local_endpoints`` is the count answered by the healthCheckNodePort server.
+    ``local_endpoints`` is the count answered by the healthCheckNodePort server;
+    ``candidates`` the distinct endpoints the port had before any filtering (for the
+    kept/dropped metrics; not compared, so it never makes a backend rewrite rules).
     """
 
     port: ServicePort
@@ -277,6 +279,7 @@ class ServicePlan:
     warnings: tuple[str, ...] = ()
     local_endpoints: int = 0
     trigger_time: float | None = field(default=None, compare=False)
+    candidates: int = field(default=0, compare=False)
 
     @property
     def key(self) -> ServicePortKey:

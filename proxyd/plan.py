@@ -143,6 +143,7 @@ def _plan_service(
                 warnings=sel.warnings,
                 local_endpoints=sel.local_endpoints,
                 trigger_time=trigger_time,
+                candidates=len(eps),
             )
         )
     return plans

@@ -340,6 +340,7 @@ def sp(
     mode: str = "none",
     warnings: Sequence[str] = (),
     local_endpoints: int = 0,
+    candidates: int = 0,
     **fields: Any,
 ) -> ServicePlan:
     """A ServicePlan of port ``http`` 80/TCP of ``default/web`` at 10.96.0.10, as backends
@@ -354,6 +355,7 @@ def sp(
         mode=mode,
         warnings=tuple(warnings),
         local_endpoints=local_endpoints,
+        candidates=candidates,
     )
 
 

@@ -104,15 +104,16 @@ def test_queued_and_pending_changes() -> None:
 
 def test_plan_gauges_per_mode_and_vanished_modes_disappear() -> None:
     m, r = fresh()
-    first = node_plan(
-        counted("a", "PreferSameZone", 2),
-        counted("b", "PreferSameZone", 1),
-        counted("c", "openyurt:nodepool", 0),
-        counted("d", "internalTrafficPolicy:Local", 0, internal_traffic_policy=LOCAL),
-        counted("e", "none", 3, external_traffic_policy=LOCAL, local_endpoints=0, node_port=30001),
+    first = node_plan(  # every port had 4 endpoints before topology
+        counted("a", "PreferSameZone", 2, candidates=4),
+        counted("b", "PreferSameZone", 1, candidates=4),
+        counted("c", "openyurt:nodepool", 0, candidates=4),
+        counted("d", "internalTrafficPolicy:Local", 0, candidates=4,
+                internal_traffic_policy=LOCAL),
+        counted("e", "none", 3, candidates=4, external_traffic_policy=LOCAL, local_endpoints=0,
+                node_port=30001),
     )
-    candidates = {s.key: 4 for s in first.services}
-    m.observe_plan(first, candidates)
+    m.observe_plan(first)
     assert value(r, "proxyd_service_ports", mode="PreferSameZone") == 2
     assert value(r, "proxyd_endpoints", mode="PreferSameZone", decision="kept") == 3
     assert value(r, "proxyd_endpoints", mode="PreferSameZone", decision="dropped") == 5
@@ -122,7 +123,7 @@ def test_plan_gauges_per_mode_and_vanished_modes_disappear() -> None:
     assert value(r, "proxyd_service_ports_without_local_endpoints",
                  traffic_policy="external") == 1
 
-    m.observe_plan(node_plan(counted("a", "none", 1)), {})
+    m.observe_plan(node_plan(counted("a", "none", 1)))
     assert value(r, "proxyd_service_ports", mode="PreferSameZone") is None
     assert value(r, "proxyd_service_ports", mode="none") == 1
     assert value(r, "proxyd_endpoints", mode="none", decision="dropped") == 0
@@ -157,7 +158,7 @@ def _exercised() -> bytes:
     m.observe_programming([10.0], now=11.0, started=0.0)
     m.queued(at=9.0, service_events=1, endpoint_events=1)
     m.set_pending(services=0, endpoints=0)
-    m.observe_plan(node_plan(counted("a", "none", 1)), {})
+    m.observe_plan(node_plan(counted("a", "none", 1)))
     m.set_warnings(["NodeNotInPool"])
     m.object_rejected("Service", "x")
     m.watch_restart("services", "gone")

@@ -296,3 +296,16 @@ def test_same_snapshot_same_plan_whatever_the_insertion_order() -> None:
         pools={},
     )
     assert build_plan(shuffled, "n1") == build_plan(BASE, "n1")
+
+
+def test_candidates_count_distinct_endpoints_before_topology() -> None:
+    snap = snapshot(
+        svc("a", internal_traffic_policy=TrafficPolicy.LOCAL),
+        eps("a", [sep("10.0.0.1", node_name="n1"), sep("10.0.0.2", node_name="n2")], name="a-1"),
+        eps("a", [sep("10.0.0.2", node_name="n2")], name="a-2"),  # the same endpoint again
+        node("n1"),
+        node("n2"),
+    )
+    (plan,) = build_plan(snap, "n1").services
+    assert {e.addr for e in plan.internal} == {"10.0.0.1:8080"}
+    assert plan.candidates == 2

@@ -53,10 +53,9 @@ from proxyd.model import (
     IPFamily,
     NodeInfo,
     NodePlan,
-    ServicePortKey,
     ServiceRef,
 )
-from proxyd.plan import build_plan, port_endpoints, slices_by_service
+from proxyd.plan import build_plan
 from proxyd.runner import Backoff, BoundedFrequencyRunner, Clock, SystemClock
 from proxyd.store import ClusterState
 
@@ -290,7 +289,6 @@ class Syncer:
         self._last_full = -math.inf
         self._plan: NodePlan | None = None
         self._node: NodeInfo | None = None
-        self._candidates: dict[ServicePortKey, int] = {}
         self._triggers: dict[ServiceRef, float] = {}
         self._unattributed: set[tuple[str, str]] = set()
         self.synced_once = threading.Event()
@@ -338,8 +336,7 @@ class Syncer:
     ) -> None:
         """What the plan decided (gauges, mode-change log lines), after the data path was
         written: counting endpoints is not on the way to programmed rules."""
-        self._count_candidates(snapshot, changed)
-        self._metrics.observe_plan(plan, self._candidates)
+        self._metrics.observe_plan(plan)
         if previous is not None:
             _log_mode_changes(previous, plan)
 
@@ -369,22 +366,6 @@ class Syncer:
             return SyncResult(ok=False, full=full, error=str(exc))
         finally:
             self.busy = False
-
-    def _count_candidates(
-        self, snapshot: ClusterSnapshot, changed: frozenset[ServiceRef] | None
-    ) -> None:
-        """Endpoints per service port before topology, for the kept/dropped gauges."""
-        if changed is None:
-            self._candidates = {}
-            refs = list(snapshot.services)
-        else:
-            self._candidates = {k: n for k, n in self._candidates.items()
-                                if k.service not in changed}
-            refs = [ref for ref in changed if ref in snapshot.services]
-        slices = slices_by_service(snapshot.slices, None if changed is None else set(refs))
-        for ref in refs:
-            for port, eps in port_endpoints(snapshot.services[ref], slices.get(ref, [])):
-                self._candidates[port.key] = len(eps)
 
     def _succeeded(
         self, plan: NodePlan, full: bool, start: float, done: float, result: SyncResult
