@@ -9,7 +9,13 @@ For each variant, in a fresh network namespace (prefix ``pxi-``, root needed):
   reading the tables, rendering and the same restore; ``ratio`` = full / plain (goal ≤ 1.3);
 - ``change_s``: median (and max) of partial syncs that move one endpoint of one service
   (goal ≤ 50 ms); ``change_floor_s``: a bare restore writing one rule at that table size
-  (what any change costs the kernel and the tool); ``render_s``: the Python rendering alone.
+  (what any change costs the kernel and the tool); ``render_s``: the Python rendering alone;
+- ``minimal_layout_floor_s``: the same one-rule restore when the nat table holds only what
+  *any* iptables layout that spreads load needs at this scale — one dispatch rule per
+  service and one DNAT rule per endpoint with its ``statistic`` choice, reachable from
+  PREROUTING and OUTPUT (pod and host traffic) — no endpoint chains, hairpin, masquerade
+  or affinity rules. It bounds from below what a one-service change can cost through
+  iptables-restore.
 
 One JSON line per variant::
 
@@ -76,6 +82,35 @@ class _Recorder:
         return self.inner.run(argv, stdin)
 
 
+def minimal_layout(services: int, endpoints: int) -> bytes:
+    """A nat table holding one dispatch rule per service and one DNAT per endpoint (each but
+    the last picked by ``statistic``, as every random spread in iptables must be)."""
+    chains = [f":PXB-{i:05d} - [0:0]" for i in range(services)]
+    rules = []
+    for i in range(services):
+        vip = f"10.96.{i // 256}.{i % 256}"
+        rules.append(f"-A PXB-SERVICES -d {vip}/32 -p tcp --dport 80 -j PXB-{i:05d}")
+        for j in range(endpoints):
+            dest = _ip(i * endpoints + j)
+            chance = f"--mode random --probability {1 / (endpoints - j):.5f}"
+            pick = "" if j == endpoints - 1 else f"-m statistic {chance} "
+            rules.append(f"-A PXB-{i:05d} -p tcp {pick}-j DNAT --to-destination {dest}:8080")
+    head = ["*nat", ":PXB-SERVICES - [0:0]", *chains]
+    head += ["-A PREROUTING -j PXB-SERVICES", "-A OUTPUT -j PXB-SERVICES"]
+    return "\n".join([*head, *rules, "COMMIT", ""]).encode()
+
+
+def one_rule_restores(restore: list[str], runs: int = 3) -> float:
+    """Median time of restores that each add one rule to a new chain."""
+    times = []
+    for run in range(runs):
+        one_rule = f"*nat\n:PXB-ONE{run} - [0:0]\n-A PXB-ONE{run} -j ACCEPT\nCOMMIT\n"
+        start = time.perf_counter()
+        subprocess.run(restore, input=one_rule.encode(), check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def measure(variant: Variant, services: int, endpoints: int, changes: int) -> dict[str, object]:
     """Runs inside the benchmark namespace."""
     plan = build_plan(services, endpoints)
@@ -105,14 +140,9 @@ def measure(variant: Variant, services: int, endpoints: int, changes: int) -> di
     assert result.ok, result.error
     assert runner.payloads == [text], "the first sync wrote something else"
 
-    # The floor for a change: a restore writing one jump rule at this table size (the
-    # kernel re-validates the whole nft table on each commit; legacy rewrites the blob).
-    floor = b"*nat\n:PROXYD-BENCH - [0:0]\n-A PROXYD-BENCH -j PROXYD-MARK-MASQ\nCOMMIT\n"
-    floors = []
-    for _ in range(3):
-        start = time.perf_counter()
-        subprocess.run(restore, input=floor, check=True)
-        floors.append(time.perf_counter() - start)
+    # The floor for a change: a restore writing one rule at this table size (the kernel
+    # re-validates the whole nft table on each commit; legacy rewrites the blob).
+    change_floor_s = one_rule_restores(restore)
 
     times = []
     for step in range(changes):
@@ -122,6 +152,10 @@ def measure(variant: Variant, services: int, endpoints: int, changes: int) -> di
         times.append(time.perf_counter() - start)
         assert result.ok and not result.full and len(result.written) == 1, result
     plain_s = (plain_before + plain()) / 2  # one run before the syncs, one after
+
+    subprocess.run(restore, input=minimal_layout(services, endpoints), check=True)
+    minimal_floor_s = one_rule_restores(restore)
+    subprocess.run([tool(variant, V4, "restore")], input=empty, check=True)
     return {
         "variant": str(variant),
         "services": services,
@@ -134,7 +168,8 @@ def measure(variant: Variant, services: int, endpoints: int, changes: int) -> di
         "ratio": round(full_s / plain_s, 3),
         "change_s": round(statistics.median(times), 4),
         "change_max_s": round(max(times), 4),
-        "change_floor_s": round(statistics.median(floors), 4),
+        "change_floor_s": round(change_floor_s, 4),
+        "minimal_layout_floor_s": round(minimal_floor_s, 4),
     }
 
 
