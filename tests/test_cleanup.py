@@ -20,8 +20,8 @@ import pytest
 from proxyd.backends.iptables import Variant, tool
 from proxyd.backends.ipvs import DEFAULT_INTERFACE
 from proxyd.backends.ipvs_plan import IpvsOptions, jumps, restore_text, set_specs
-from proxyd.commands.cleanup import owned_devices, owned_ipsets
-from proxyd.model import IPFamily
+from proxyd.commands.cleanup import KUBE_PROXY_NODE_PORT_SETS, owned_devices, owned_ipsets
+from proxyd.model import IPFamily, Protocol
 from tests.conftest import require
 
 FOREIGN_CHAIN, FOREIGN_SET, KUBE_SET = "FOREIGN-CHAIN", "FOREIGN-SET", "KUBE-CLUSTER-IP"
@@ -146,6 +146,24 @@ def test_kube_proxy_only_keeps_proxyds_state(netns: Netns) -> None:
     assert "PROXYD-IPVS-SERVICES" in netns.saved(variant)
     assert netns.ipsets() == {FOREIGN_SET, *(s.name for s in set_specs())}
     assert DEFAULT_INTERFACE in netns.links() and "kube-ipvs0" not in netns.links()
+
+
+def test_kube_proxy_node_port_sets_are_kube_proxys_names() -> None:
+    """kube-proxy's names, both families; SCTP's are hash:ip,port sets, the longest cut
+    to ipset's 31 characters as kube-proxy does (a longer name cannot be listed)."""
+    assert set(KUBE_PROXY_NODE_PORT_SETS[Protocol.SCTP]) == {
+        "KUBE-NODE-PORT-SCTP-HASH",
+        "KUBE-NODE-PORT-LOCAL-SCTP-HASH",
+        "KUBE-6-NODE-PORT-SCTP-HASH",
+        "KUBE-6-NODE-PORT-LOCAL-SCTP-HAS",
+    }
+    assert set(KUBE_PROXY_NODE_PORT_SETS[Protocol.TCP]) == {
+        "KUBE-NODE-PORT-TCP",
+        "KUBE-NODE-PORT-LOCAL-TCP",
+        "KUBE-6-NODE-PORT-TCP",
+        "KUBE-6-NODE-PORT-LOCAL-TCP",
+    }
+    assert "KUBE-6-NODE-PORT-LOCAL-UDP" in KUBE_PROXY_NODE_PORT_SETS[Protocol.UDP]
 
 
 def test_kube_proxy_only_ipsets_are_kube_proxys() -> None:

@@ -384,6 +384,34 @@ def test_remove_foreign_deletes_kube_proxys_virtual_servers_only(
     assert backend.sync(plan(A, node_port=30080), full=False).ok
 
 
+def test_remove_foreign_reads_kube_proxys_sctp_sets_by_address_and_port(
+    backend: IpvsBackend, kernel: FakeKernel
+) -> None:
+    node, node6 = "192.168.1.5", "fd00::5"
+    kernel.sets |= {  # kube-proxy's SCTP sets are hash:ip,port; its IPv6 ones KUBE-6-…
+        "KUBE-NODE-PORT-SCTP-HASH": {f"{node},sctp:30100"},
+        "KUBE-6-NODE-PORT-LOCAL-SCTP-HAS": {f"{node6},sctp:30101"},  # 31 characters
+        "KUBE-6-NODE-PORT-UDP": {"30102"},
+    }
+    theirs = {
+        VsKey(Protocol.SCTP, node, 30100),
+        VsKey(Protocol.SCTP, node6, 30101),
+        VsKey(Protocol.UDP, node6, 30102),
+    }
+    foreign = {
+        VsKey(Protocol.SCTP, node, 30101),  # the set names this port on node6 only
+        VsKey(Protocol.TCP, node, 30100),  # the port is SCTP's
+        VsKey(Protocol.SCTP, node, 30102),  # a UDP port
+    }
+    for key in theirs | foreign:
+        kernel.vs[key] = VirtualServer(key, "rr")
+        kernel.dests_[key] = {}
+
+    gone = backend.remove_foreign("kube-ipvs0", KUBE_PROXY_NODE_PORT_SETS, {node, node6})
+
+    assert set(gone) == theirs and set(kernel.vs) == foreign
+
+
 def test_remove_foreign_keeps_proxyds_when_it_serves_from_kube_ipvs0(kernel: FakeKernel) -> None:
     backend = IpvsBackend(kernel, FakeRunner(), clock=Clock(), interface="kube-ipvs0")
     backend.sync(plan(A, node_port=30080), full=True)

@@ -248,14 +248,18 @@ def owned(
 ) -> bool:
     """Whether a virtual server in the kernel is proxyd's (see the module docstring), or,
     given another proxy's ``node_port_sets`` (and its interface's ``addresses``), that
-    proxy's; ``local`` limits NodePort matches to these addresses (``None``: any)."""
+    proxy's; ``local`` limits NodePort matches to these addresses (``None``: any). A
+    NodePort set member is a port (``bitmap:port``) or an address and port in ipset's
+    spelling (``hash:ip,port``: kube-proxy's SCTP sets hold ``<node IP>,sctp:<port>``)."""
     if key.address in addresses:
         return True
     if local is not None and key.address not in local:
         return False
+    spellings = (str(key.port), f"{key.address},{key.protocol.lower()}:{key.port}")
     return any(
-        str(key.port) in members.get(name, frozenset())
+        m in members.get(name, frozenset())
         for name in node_port_sets.get(key.protocol, ())
+        for m in spellings
     )
 
 

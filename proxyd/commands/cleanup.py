@@ -12,11 +12,12 @@ Chains go first: the kernel refuses to destroy an ipset a rule still uses.
 With ``--kube-proxy`` it also removes what kube-proxy leaves behind (``KUBE-SERVICES``,
 ``KUBE-SVC-*`` …, never the kubelet's own chains; in IPVS mode its virtual servers —
 those on an address bound on ``kube-ipvs0``, or on a local address with a port in its
-``KUBE-NODE-PORT-*`` sets, recognised before those go — then its ``KUBE-*`` ipsets and
-``kube-ipvs0``), for nodes that switch from kube-proxy to proxyd. ``--kube-proxy-only``
-removes kube-proxy's leftovers and keeps proxyd's state: that is the step of a migration
-without downtime, run while proxyd already serves the node (when proxyd's device is
-``kube-ipvs0`` it stays, and a virtual server proxyd owns too is never removed). Idempotent.
+``KUBE-NODE-PORT-*`` sets (SCTP: the address and port in its ``…-SCTP-HASH`` sets),
+recognised before those go — then its ``KUBE-*`` ipsets and ``kube-ipvs0``), for nodes
+that switch from kube-proxy to proxyd. ``--kube-proxy-only`` removes kube-proxy's
+leftovers and keeps proxyd's state: that is the step of a migration without downtime, run
+while proxyd already serves the node (when proxyd's device is ``kube-ipvs0`` it stays,
+and a virtual server proxyd owns too is never removed). Idempotent.
 """
 
 from __future__ import annotations
@@ -32,9 +33,17 @@ from proxyd.model import Protocol
 __all__ = ["KUBE_PROXY_NODE_PORT_SETS", "owned_devices", "owned_ipsets", "register"]
 
 _KUBE_PROXY_DEVICE = "kube-ipvs0"
-#: kube-proxy's NodePort sets (bitmap:port; its SCTP ones are hash:ip,port, not listed).
-KUBE_PROXY_NODE_PORT_SETS: Mapping[Protocol, tuple[str, str]] = {
-    p: (f"KUBE-NODE-PORT-{p}", f"KUBE-NODE-PORT-LOCAL-{p}") for p in (Protocol.TCP, Protocol.UDP)
+#: kube-proxy's NodePort sets, IPv4 and (``KUBE-6-``) IPv6, each also as ``-LOCAL-``
+#: (externalTrafficPolicy Local): bitmap:port for TCP and UDP, hash:ip,port (node IP and
+#: port) named ``…-SCTP-HASH`` for SCTP. Like kube-proxy, names are cut to ipset's 31
+#: characters (``KUBE-6-NODE-PORT-LOCAL-SCTP-HAS``).
+KUBE_PROXY_NODE_PORT_SETS: Mapping[Protocol, tuple[str, ...]] = {
+    p: tuple(
+        f"KUBE-{six}NODE-PORT-{local}{p}{'-HASH' if p is Protocol.SCTP else ''}"[:31]
+        for six in ("", "6-")
+        for local in ("", "LOCAL-")
+    )
+    for p in Protocol
 }
 
 

@@ -9,13 +9,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from lab import NODE_IPS, PODS, Lab
+from lab import NODE_IPS, PODS, PODS6, Lab
 
 from proxyd.backends.commands_runner import SubprocessRunner
 from proxyd.backends.iptables import Variant
 from proxyd.backends.ipvs import IpvsBackend
 from proxyd.backends.ipvs_netlink import NetlinkIpvsClient
-from proxyd.model import NodePlan
+from proxyd.model import IPFamily, NodePlan
 from proxyd.plan import build_plan
 from proxyd.sources import translate
 from tests import builders as b
@@ -46,7 +46,12 @@ def lab() -> Iterator[Lab]:
 def backend(lab: Lab) -> Iterator[IpvsBackend]:
     client = NetlinkIpvsClient()
     be = IpvsBackend(
-        client, SubprocessRunner(), variant=Variant.NFT, clock=time.monotonic, drain_timeout=60
+        client,
+        SubprocessRunner(),
+        variant=Variant.NFT,
+        families=tuple(IPFamily),  # a dual-stack node
+        clock=time.monotonic,
+        drain_timeout=60,
     )
     yield be
     be.cleanup()
@@ -61,9 +66,12 @@ def service(
     annotations: dict[str, str] | None = None,
     node_port: int | None = None,
     protocol: str = "TCP",
+    ipv6: str | None = None,
     **spec: Any,
 ) -> list[Any]:
-    """Raw Service + EndpointSlice objects: port 80 (→ 8080) backed by ``pods``."""
+    """Raw Service + EndpointSlice objects: port 80 (→ 8080) backed by ``pods``; one
+    slice per family of the cluster IPs (``ip`` of either family, ``ipv6`` a second one:
+    dual-stack)."""
     port = b.port_obj(80, protocol=protocol, **({"nodePort": node_port} if node_port else {}))
     svc = b.svc_obj(
         name,
@@ -71,11 +79,21 @@ def service(
         ports=[port],
         annotations=annotations,
         svc_type="NodePort" if node_port else None,
+        **({"clusterIPs": [ip, ipv6]} if ipv6 else {}),
         **spec,
     )
-    eps = [b.ep_obj(PODS[p], node=PODNODES[p]) for p in pods]
-    sl = b.slice_obj(name, eps, ports=[b.port_obj(8080, protocol=protocol)])
-    return [svc, sl]
+    slices = [
+        b.slice_obj(
+            name,
+            [b.ep_obj(addrs[p], node=PODNODES[p]) for p in pods],
+            name=f"{name}-{family}",
+            address_type=family,
+            ports=[b.port_obj(8080, protocol=protocol)],
+        )
+        for family, addrs in (("IPv4", PODS), ("IPv6", PODS6))
+        if any((":" in a) == (family == "IPv6") for a in (ip, ipv6) if a)
+    ]
+    return [svc, *slices]
 
 
 def plan(*groups: list[Any]) -> NodePlan:

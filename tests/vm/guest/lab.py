@@ -4,9 +4,13 @@
     client c2 10.255.2.2       ── veth ── 10.255.2.1   IPVS, proxyd-ipvs0,                 ├─ p2 .3
                                                        iptables, ipsets                    └─ p3 .4
 
-Every pod serves TCP and UDP on 8080 from threads of *this* process (sockets are opened
-inside the pod's namespace with setns, then served from here): under TCG each extra
-Python process costs seconds. A TCP server greets each connection with
+Dual-stack: every link also has an IPv6 address (``PODS6``, ``CLIENTS6``: the same last
+digits under fd00:10:244:1::/64 and fd00:10:255:N::/64) and the node forwards IPv6, as a
+dual-stack node's network setup does (proxyd writes only IPv4's ``ip_forward``).
+
+Every pod serves TCP and UDP on 8080 (both families) from threads of *this* process
+(sockets are opened inside the pod's namespace with setns, then served from here): under
+TCG each extra Python process costs seconds. A TCP server greets each connection with
 ``<pod> <peer-ip>\\n`` and then echoes; UDP answers each datagram the same way. The peer
 IP shows whether the node masqueraded the client.
 """
@@ -24,16 +28,36 @@ from dataclasses import dataclass
 
 from proxyd.sandbox.netns import ip_batch
 
-__all__ = ["CLIENTS", "NODE_IPS", "PODS", "Conn", "Lab", "connect", "netns", "udp_ask"]
+__all__ = [
+    "CLIENTS",
+    "CLIENTS6",
+    "NODE_IPS",
+    "PODS",
+    "PODS6",
+    "Conn",
+    "Lab",
+    "connect",
+    "netns",
+    "udp_ask",
+]
 
 PODS = {"p1": "10.244.1.2", "p2": "10.244.1.3", "p3": "10.244.1.4"}
+PODS6 = {"p1": "fd00:10:244:1::2", "p2": "fd00:10:244:1::3", "p3": "fd00:10:244:1::4"}
 CLIENTS = {"c1": ("10.255.1.2", "10.255.1.1"), "c2": ("10.255.2.2", "10.255.2.1")}
+CLIENTS6 = {
+    "c1": ("fd00:10:255:1::2", "fd00:10:255:1::1"),
+    "c2": ("fd00:10:255:2::2", "fd00:10:255:2::1"),
+}
 NODE_IPS = tuple(gw for _, gw in CLIENTS.values())
 #: extra source addresses of c1 (source-hashing tests)
 C1_EXTRA = tuple(f"10.255.1.{i}" for i in range(3, 11))
 PORT = 8080
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _family(ip: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
 
 
 def _setns(fd: int) -> None:
@@ -67,11 +91,11 @@ class _Servers:
 
     def add(self, pod: str, ip: str) -> None:
         with netns(pod):
-            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp = socket.socket(_family(ip), socket.SOCK_STREAM)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             tcp.bind((ip, PORT))
             tcp.listen(128)
-            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp = socket.socket(_family(ip), socket.SOCK_DGRAM)
             udp.bind((ip, PORT))
         for s in (tcp, udp):
             s.setblocking(False)
@@ -141,7 +165,7 @@ def connect(
 ) -> Conn:
     """Open a TCP connection from namespace ``client`` and read the pod's greeting."""
     with netns(client):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(_family(ip), socket.SOCK_STREAM)
     sock.settimeout(timeout)
     if source is not None:
         sock.bind((source, 0))
@@ -162,7 +186,7 @@ def connect(
 
 def udp_ask(client: str, ip: str, port: int, timeout: float = 3.0) -> tuple[str, str]:
     with netns(client):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(_family(ip), socket.SOCK_DGRAM)
     with sock:
         sock.settimeout(timeout)
         sock.sendto(b"?", (ip, port))
@@ -177,7 +201,12 @@ class Lab:
         self.servers = _Servers()
 
     def build(self) -> None:
-        root = ["link add cbr0 type bridge", "addr add 10.244.1.1/24 dev cbr0", "link set cbr0 up"]
+        root = [
+            "link add cbr0 type bridge",
+            "addr add 10.244.1.1/24 dev cbr0",
+            "addr add fd00:10:244:1::1/64 dev cbr0 nodad",
+            "link set cbr0 up",
+        ]
         inside: dict[str, list[str]] = {}
         for pod, ip in PODS.items():
             root += [
@@ -187,21 +216,35 @@ class Lab:
                 f"link set v-{pod} type bridge_slave hairpin on",
                 f"link set v-{pod} up",
             ]
-            inside[pod] = [f"addr add {ip}/24 dev eth0", "route add default via 10.244.1.1"]
+            inside[pod] = [
+                f"addr add {ip}/24 dev eth0",
+                f"addr add {PODS6[pod]}/64 dev eth0 nodad",
+                "route add default via 10.244.1.1",
+                "route add default via fd00:10:244:1::1",
+            ]
         for client, (ip, gw) in CLIENTS.items():
             root += [
                 f"netns add {client}",
                 f"link add v-{client} type veth peer name eth0 netns {client}",
                 f"addr add {gw}/24 dev v-{client}",
+                f"addr add {CLIENTS6[client][1]}/64 dev v-{client} nodad",
                 f"link set v-{client} up",
             ]
-            inside[client] = [f"addr add {ip}/24 dev eth0", f"route add default via {gw}"]
+            inside[client] = [
+                f"addr add {ip}/24 dev eth0",
+                f"addr add {CLIENTS6[client][0]}/64 dev eth0 nodad",
+                f"route add default via {gw}",
+                f"route add default via {CLIENTS6[client][1]}",
+            ]
         inside["c1"] += [f"addr add {ip}/24 dev eth0" for ip in C1_EXTRA]
+        with open("/proc/sys/net/ipv6/conf/all/forwarding", "w") as f:
+            f.write("1")
         ip_batch(root)
         for ns, lines in inside.items():
             ip_batch(["link set lo up", "link set eth0 up", *lines], ns)
-        for pod, ip in PODS.items():
-            self.servers.add(pod, ip)
+        for pod in PODS:
+            self.servers.add(pod, PODS[pod])
+            self.servers.add(pod, PODS6[pod])
         self.servers.start()
 
     def close(self) -> None:

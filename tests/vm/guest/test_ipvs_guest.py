@@ -8,13 +8,14 @@ import time
 
 import pytest
 from conftest import NODES, ipvsadm, plan, service
-from lab import C1_EXTRA, NODE_IPS, PODS, connect, netns, udp_ask
+from lab import C1_EXTRA, CLIENTS, CLIENTS6, NODE_IPS, PODS, connect, netns, udp_ask
 
 from proxyd.backends.ipvs import IpvsBackend
 from proxyd.backends.ipvs_plan import listing
 from proxyd.model import NodePlan
 
 VIP = "10.96.0.10"
+VIP6 = "fd00:10:96::10"
 
 
 def sync(backend: IpvsBackend, p: NodePlan, *, full: bool = False) -> None:
@@ -171,6 +172,56 @@ def test_restart_restores_weights_from_the_plan(backend: IpvsBackend) -> None:
     )
     sync(backend, p, full=True)  # a restart starts with a full sync
     assert normalized(ipvsadm()) == normalized(listing(p))
+
+
+def test_dual_stack_cluster_ip_spreads_over_ipv6_endpoints(backend: IpvsBackend) -> None:
+    p = plan(
+        service("web", VIP, ipv6=VIP6, ipFamilyPolicy="RequireDualStack"),
+        service("dns6", "fd00:10:96::12", protocol="UDP", pods=("p2",)),
+    )
+    sync(backend, p, full=True)
+    assert normalized(ipvsadm()) == normalized(listing(p))
+    seen = spread(30, VIP6)
+    assert set(seen) == set(PODS) and all(9 <= n <= 11 for n in seen.values()), seen
+    conn = connect("c1", VIP6, 80)
+    assert conn.peer == CLIENTS6["c1"][0]  # IPv6 end to end, not masqueraded
+    assert conn.echo(b"v6") == b"v6"
+    conn.close()
+    assert set(spread(6)) == set(PODS)  # the IPv4 cluster IP of the same service
+    assert udp_ask("c1", "fd00:10:96::12", 80) == ("p2", CLIENTS6["c1"][0])
+
+
+@pytest.mark.parametrize("protocol", ["TCP", "UDP"])
+def test_load_balancer_source_ranges_admit_and_deny(backend: IpvsBackend, protocol: str) -> None:
+    def lb(name: str, ip: str, lb_ip: str, source: str) -> list:
+        return service(
+            name,
+            ip,
+            pods=("p1",),
+            protocol=protocol,
+            type="LoadBalancer",
+            loadBalancerSourceRanges=[source],
+            status={"loadBalancer": {"ingress": [{"ip": lb_ip}]}},
+        )
+
+    def ask(client: str, ip: str) -> str:
+        if protocol == "UDP":
+            return udp_ask(client, ip, 80, timeout=1.0)[0]
+        conn = connect(client, ip, 80, timeout=1.0)
+        conn.close()
+        return conn.pod
+
+    c1_range = CLIENTS["c1"][0].rsplit(".", 1)[0] + ".0/24"
+    p = plan(
+        lb("lb-in", VIP, "192.0.2.20", c1_range),
+        lb("lb-out", "10.96.0.11", "192.0.2.21", "198.51.100.0/24"),
+    )
+    sync(backend, p, full=True)
+    assert ask("c1", "192.0.2.20") == "p1"
+    for client, ip in (("c2", "192.0.2.20"), ("c1", "192.0.2.21")):
+        with pytest.raises(TimeoutError):  # dropped: no answer, no connection
+            ask(client, ip)
+    assert ask("c2", VIP) == "p1"  # the ranges limit the load-balancer IP only
 
 
 def test_node_port_masquerades_and_local_policy_keeps_the_client_address(
@@ -331,16 +382,26 @@ def test_cleanup_command_removes_proxyd_state_and_keeps_foreign_state(
         _in(ns, "iptables-nft", "-t", "nat", "-N", "KUBE-SERVICES")
         ip_batch(["link add kube-ipvs0 type dummy", "link add foreign0 type dummy"], ns)
         # kube-proxy's virtual servers: a service IP on kube-ipvs0, a NodePort on a node
-        # address; its set also lists proxyd's NodePort (both serve it mid-migration)
+        # address; its set also lists proxyd's NodePort (both serve it mid-migration); an
+        # SCTP NodePort, whose set holds node address and port: the same port on the
+        # other node address is not kube-proxy's
         ip_batch(
-            ["addr add 10.96.0.50/32 dev kube-ipvs0", f"addr add {NODE_IPS[0]}/32 dev foreign0"], ns
+            [
+                "addr add 10.96.0.50/32 dev kube-ipvs0",
+                *(f"addr add {ip}/32 dev foreign0" for ip in NODE_IPS),
+            ],
+            ns,
         )
         _in(ns, "ipset", "create", "KUBE-NODE-PORT-TCP", "bitmap:port", "range", "0-65535")
         for port in ("30090", "30080"):
             _in(ns, "ipset", "add", "KUBE-NODE-PORT-TCP", port)
-        kube = {"TCP 10.96.0.50:443", f"TCP {NODE_IPS[0]}:30090"}
-        for server in kube:
-            _in(ns, "ipvsadm", "-A", "-t", server.split()[1], "-s", "rr")
+        _in(ns, "ipset", "create", "KUBE-NODE-PORT-SCTP-HASH", "hash:ip,port")
+        _in(ns, "ipset", "add", "KUBE-NODE-PORT-SCTP-HASH", f"{NODE_IPS[0]},sctp:30100")
+        kube = {"TCP 10.96.0.50:443", f"TCP {NODE_IPS[0]}:30090", f"SCTP {NODE_IPS[0]}:30100"}
+        flag = {"TCP": "-t", "SCTP": "--sctp-service"}
+        for server in (*kube, f"SCTP {NODE_IPS[1]}:30100"):
+            proto, address = server.split()
+            _in(ns, "ipvsadm", "-A", flag[proto], address, "-s", "rr")
         mine = _kernel_state(ns)
         assert kube <= mine["vs"]
         assert {f"TCP {VIP}:80", f"TCP {NODE_IPS[0]}:30080"} <= mine["vs"]
@@ -351,11 +412,12 @@ def test_cleanup_command_removes_proxyd_state_and_keeps_foreign_state(
         capsys.readouterr()
         with netns(ns):  # the migration step: kube-proxy's leftovers only
             assert main(["cleanup", "--kube-proxy-only"]) == 0
-        assert "IPVS: kube-proxy's virtual servers: removed 2" in capsys.readouterr().out
+        assert "IPVS: kube-proxy's virtual servers: removed 3" in capsys.readouterr().out
         kept = _kernel_state(ns)
         assert kept == {
             "vs": mine["vs"] - kube,
-            "sets": mine["sets"] - {"KUBE-CLUSTER-IP", "KUBE-NODE-PORT-TCP"},
+            "sets": mine["sets"]
+            - {"KUBE-CLUSTER-IP", "KUBE-NODE-PORT-TCP", "KUBE-NODE-PORT-SCTP-HASH"},
             "chains": mine["chains"] - {"KUBE-SERVICES"},
             "links": mine["links"] - {"kube-ipvs0"},
         }
@@ -363,7 +425,7 @@ def test_cleanup_command_removes_proxyd_state_and_keeps_foreign_state(
         out = _in(ns, sys.executable, "-m", "proxyd", "cleanup")
         gone = _kernel_state(ns)
         assert gone == {
-            "vs": {"TCP 10.99.0.1:80", f"TCP {NODE_IPS[0]}:31000"},
+            "vs": {"TCP 10.99.0.1:80", f"TCP {NODE_IPS[0]}:31000", f"SCTP {NODE_IPS[1]}:30100"},
             "sets": {"FOREIGN-SET"},
             "chains": {c for c in kept["chains"] if not c.startswith("PROXYD-")},
             "links": kept["links"] - {"proxyd-ipvs0"},
