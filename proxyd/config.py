@@ -6,6 +6,8 @@ config file mostly carries over; kube-proxy fields proxyd does not implement are
 accepted and reported as ignored, anything else is an error (a typo must not silently
 fall back to a default). proxyd's own fields (``proxyName``, ``iptablesBackend``,
 ``logFormat``, ``logLevel``; ``interface`` in the ``ipvs`` section) sit beside them.
+``ipvs.strictARP`` means what it means to kube-proxy: in IPVS mode the node stops
+answering ARP for addresses it holds only on the IPVS device (MetalLB's L2 mode needs it).
 Durations use Go's spelling (``30s``, ``1m30s``, ``500ms``), as in kube-proxy's file.
 """
 
@@ -72,6 +74,7 @@ class Config:
     proxy_mode: ProxyMode = ProxyMode.IPTABLES
     ipvs_scheduler: str = "rr"
     ipvs_interface: str = DEFAULT_IPVS_INTERFACE
+    ipvs_strict_arp: bool = False
     cluster_cidr: str | None = None
     nodeport_addresses: tuple[str, ...] = ()
     masquerade_all: bool = False
@@ -180,6 +183,7 @@ _IPTABLES = {
 _IPVS = {
     "scheduler": "ipvs_scheduler",
     "interface": "ipvs_interface",  # proxyd's own
+    "strictARP": "ipvs_strict_arp",
     "syncPeriod": "ipvs.sync_period",
     "minSyncPeriod": "ipvs.min_sync_period",
 }
@@ -193,7 +197,7 @@ _IGNORED_TOP = frozenset({
 })
 _IGNORED_IPTABLES = frozenset({"localhostNodePorts"})
 _IGNORED_IPVS = frozenset({
-    "excludeCIDRs", "strictARP", "tcpTimeout", "tcpFinTimeout", "udpTimeout",
+    "excludeCIDRs", "tcpTimeout", "tcpFinTimeout", "udpTimeout",
 })
 _IGNORED_CLIENT = frozenset({"acceptContentTypes", "burst", "contentType", "qps"})
 # Keys that are structure, not settings: the type header and the sections read below.
@@ -307,7 +311,7 @@ def _convert(key: str, value: Any) -> Any:
     match key:
         case "sync_period" | "min_sync_period":
             return value if isinstance(value, float) else parse_duration(str(value), where=key)
-        case "masquerade_all":
+        case "masquerade_all" | "ipvs_strict_arp":
             if not isinstance(value, bool):
                 raise InputError("configuration", key, f"{value!r} is not a boolean",
                                  reason="bad_value")

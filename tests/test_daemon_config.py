@@ -111,6 +111,7 @@ def test_kube_proxy_file_maps_and_reports_ignored_fields(tmp_path: Path) -> None
         kubeconfig="/var/lib/kube-proxy/kubeconfig",
         proxy_mode=ProxyMode.IPVS,
         ipvs_scheduler="wlc",
+        ipvs_strict_arp=True,
         cluster_cidr="10.244.0.0/16",
         nodeport_addresses=("192.168.0.0/16",),
         masquerade_all=True,
@@ -126,7 +127,6 @@ def test_kube_proxy_file_maps_and_reports_ignored_fields(tmp_path: Path) -> None
     assert {n.split(": ", 1)[1] for n in notes} == {
         "clientConnection.qps is not implemented by proxyd; ignored",
         "conntrack is not implemented by proxyd; ignored",
-        "ipvs.strictARP is not implemented by proxyd; ignored",
     }
 
 
@@ -206,6 +206,7 @@ def test_bad_file_is_an_input_error_naming_the_field(tmp_path: Path, text, field
         pytest.param({"cluster_cidr": "10.0.0.0/33"}, "clusterCIDR/nodePortAddresses",
                      id="cidr"),
         pytest.param({"masquerade_bit": 32}, "masquerade_bit", id="mark-bit"),
+        pytest.param({"ipvs_strict_arp": "yes"}, "ipvs_strict_arp", id="strict-arp"),
         pytest.param({"log_level": "trace"}, "logLevel", id="log-level"),
         pytest.param({"iptables_backend": "xtables"}, "iptables_backend", id="backend"),
         pytest.param({"ipvs_interface": "a-name-too-long0"}, "ipvs.interface", id="interface"),
@@ -245,7 +246,7 @@ def run_parser() -> argparse.ArgumentParser:
 def test_every_run_flag_is_a_config_field() -> None:
     dests = {a.dest for a in run_parser()._actions if a.option_strings} - {"help", "config"}
     assert dests <= {f.name for f in dataclasses.fields(Config)}
-    assert len(dests) == 16
+    assert len(dests) == 17
 
 
 def test_flags_parse_and_override_the_file(tmp_path: Path) -> None:
@@ -261,7 +262,7 @@ def test_flags_parse_and_override_the_file(tmp_path: Path) -> None:
     assert cfg.nodeport_addresses == ("10.0.0.0/8",)
     assert cfg.ipvs_scheduler == "wlc"  # from the file: not given as a flag
     assert cfg.log_level == "debug"
-    assert len(notes) == 3
+    assert len(notes) == 2
 
 
 def test_ipvs_interface_comes_from_the_ipvs_section_and_the_flag_wins(tmp_path: Path) -> None:
@@ -280,3 +281,22 @@ def test_interface_names_the_kernel_refuses_are_refused(name: str) -> None:
         interface_name(name)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--ipvs-interface", name])
+
+
+@pytest.mark.parametrize(
+    ("text", "argv", "want"),
+    [
+        pytest.param("", [], False, id="default-off"),
+        pytest.param("ipvs:\n  strictARP: true\n", [], True, id="file"),
+        pytest.param("ipvs:\n  strictARP: false\n", ["--ipvs-strict-arp"], True, id="flag-on"),
+        pytest.param("ipvs:\n  strictARP: true\n", ["--no-ipvs-strict-arp"], False,
+                     id="flag-off-wins"),
+    ],
+)
+def test_strict_arp_comes_from_the_ipvs_section_and_the_flag_wins(
+    tmp_path: Path, text: str, argv: list[str], want: bool
+) -> None:
+    path = write(tmp_path, "mode: ipvs\n" + text)
+    assert load_file(path)[1] == []  # implemented: no "ignored" note
+    args = build_parser().parse_args(["run", "--config", path, *argv])
+    assert config_from_args(args, {"NODE_NAME": "n"})[0].ipvs_strict_arp is want

@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
+import proxyd.backends.commands_runner as commands_runner
+import proxyd.backends.iptables as iptables
+import proxyd.backends.ipvs_netlink as ipvs_netlink
+from proxyd.backends import build_backend
 from proxyd.backends.commands_runner import CompletedRun
 from proxyd.backends.ipvs import (
     SYSCTLS,
@@ -28,7 +32,8 @@ from proxyd.backends.ipvs import (
 )
 from proxyd.backends.ipvs_plan import IpvsOptions, RealServer, SetSpec, VirtualServer, VsKey
 from proxyd.commands.cleanup import KUBE_PROXY_NODE_PORT_SETS
-from proxyd.model import Endpoint, NodePlan, Protocol
+from proxyd.config import Config, IptablesBackendChoice, ProxyMode
+from proxyd.model import Endpoint, IPFamily, NodePlan, Protocol
 from tests.builders import ep, node_plan, sp
 
 VIP = "10.96.0.10"
@@ -46,12 +51,14 @@ class FakeKernel:
     sets: dict[str, set[str]] = field(default_factory=dict)
     ops: list[Op] = field(default_factory=list)
     prepared: int = 0
+    sysctls: list[dict[str, str]] = field(default_factory=list)  # written by each prepare
     removed: bool = False
     refuse: dict[str, int] = field(default_factory=dict)
     fail_next: Op | None = None
 
     def prepare(self, interface: str, sets: Sequence[SetSpec], sysctls: Mapping[str, str]) -> None:
         self.prepared += 1
+        self.sysctls.append(dict(sysctls))
         for s in sets:
             self.sets.setdefault(s.name, set())
 
@@ -187,21 +194,50 @@ def test_full_sync_from_nothing_programs_everything_in_dependency_order(
     ) < kinds.index(AddService)
 
 
-def test_full_sync_sets_sysctls_and_writes_rules_with_missing_jumps() -> None:
+def test_full_sync_sets_sysctls_and_writes_rules_with_missing_jumps(kernel: FakeKernel) -> None:
     runner = FakeRunner()
-    seen: dict[str, str] = {}
-
-    class Recording(FakeKernel):
-        def prepare(
-            self, interface: str, sets: Sequence[SetSpec], sysctls: Mapping[str, str]
-        ) -> None:
-            seen.update(sysctls)
-            super().prepare(interface, sets, sysctls)
-
-    IpvsBackend(Recording(), runner, clock=Clock()).sync(plan(A), full=True)
-    assert seen == dict(SYSCTLS)
+    IpvsBackend(kernel, runner, clock=Clock()).sync(plan(A), full=True)
+    assert kernel.sysctls == [dict(SYSCTLS)]
     restores = [stdin.decode() for argv, stdin in runner.calls if argv[0].endswith("restore")]
     assert len(restores) == 1 and "-I PREROUTING 1" in restores[0]
+
+
+ARP = {"net/ipv4/conf/all/arp_ignore": "1", "net/ipv4/conf/all/arp_announce": "2"}
+
+
+@pytest.mark.parametrize(
+    ("strict_arp", "want"),
+    [
+        pytest.param(False, dict(SYSCTLS), id="default-leaves-arp-alone"),
+        pytest.param(True, {**SYSCTLS, **ARP}, id="strict-arp-adds-arp-sysctls"),
+    ],
+)
+def test_strict_arp_sysctls_are_written_on_every_full_sync_only_when_enabled(
+    kernel: FakeKernel, strict_arp: bool, want: dict[str, str]
+) -> None:
+    backend = IpvsBackend(kernel, FakeRunner(), clock=Clock(), strict_arp=strict_arp)
+    for full in (True, False, True):  # a partial sync prepares nothing
+        assert backend.sync(plan(A), full=full).ok
+    assert kernel.sysctls == [want, want]
+    assert not ARP.keys() & SYSCTLS.keys()  # without strict ARP nothing touches them
+
+
+@pytest.mark.parametrize("strict_arp", [False, True])
+def test_config_strict_arp_reaches_the_daemons_backend(
+    kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch, strict_arp: bool
+) -> None:
+    monkeypatch.setattr(commands_runner, "SubprocessRunner", FakeRunner)
+    monkeypatch.setattr(ipvs_netlink, "NetlinkIpvsClient", lambda: kernel)
+    monkeypatch.setattr(iptables, "available_families", lambda: (IPFamily.IPV4,))
+    cfg = Config(
+        node_name="n",
+        proxy_mode=ProxyMode.IPVS,
+        iptables_backend=IptablesBackendChoice.NFT,
+        ipvs_strict_arp=strict_arp,
+    )
+    backend, _ = build_backend(cfg)
+    assert backend.sync(plan(A), full=True).ok
+    assert (ARP.items() <= kernel.sysctls[0].items()) is strict_arp
 
 
 def test_unchanged_plan_writes_nothing(backend: IpvsBackend, kernel: FakeKernel) -> None:

@@ -76,7 +76,10 @@ def build_backend(cfg: Config) -> tuple[Backend, Variant]:
         )
         # the variant detected above, not detected again; IPv6 too when the kernel has it
         ipvs = IpvsBackend.real(
-            ipvs_options, iptables_backend=variant.value, interface=cfg.ipvs_interface
+            ipvs_options,
+            iptables_backend=variant.value,
+            interface=cfg.ipvs_interface,
+            strict_arp=cfg.ipvs_strict_arp,
         )
         return ipvs, variant
     options = RenderOptions(

@@ -62,6 +62,7 @@ from proxyd.model import IPFamily, NodePlan, Protocol, ServicePlan, ServicePortK
 
 __all__ = [
     "DEFAULT_INTERFACE",
+    "STRICT_ARP_SYSCTLS",
     "SYSCTLS",
     "AddAddress",
     "AddDest",
@@ -97,6 +98,16 @@ SYSCTLS: Mapping[str, str] = {
     "net/ipv4/vs/expire_nodest_conn": "1",
     "net/ipv4/vs/expire_quiescent_template": "1",
     "net/ipv4/ip_forward": "1",
+}
+#: Added to :data:`SYSCTLS` with ``strict_arp`` (kube-proxy's ``ipvs.strictARP``). Every
+#: service address is bound on the IPVS device, and by default Linux answers ARP for any
+#: local address on any link; arp_ignore=1 answers only for addresses of the link the
+#: request came in on, arp_announce=2 sources ARP requests from the outgoing link's own
+#: address. Then only the node's own addresses answer on its links, and a MetalLB (L2)
+#: speaker alone announces a load-balancer IP. Left alone when disabled, as kube-proxy does.
+STRICT_ARP_SYSCTLS: Mapping[str, str] = {
+    "net/ipv4/conf/all/arp_ignore": "1",
+    "net/ipv4/conf/all/arp_announce": "2",
 }
 
 
@@ -395,7 +406,8 @@ class _Mirror:
 
 class IpvsBackend:
     """:class:`~proxyd.backends.Backend` for IPVS mode. ``clock`` returns seconds (for
-    drain deadlines); ``runner``/``variant`` write the few iptables rules."""
+    drain deadlines); ``runner``/``variant`` write the few iptables rules; ``strict_arp``
+    adds :data:`STRICT_ARP_SYSCTLS` to the sysctls every full sync writes."""
 
     def __init__(
         self,
@@ -409,6 +421,7 @@ class IpvsBackend:
         clock: Callable[[], float],
         drain_timeout: float = 900.0,
         lock_wait: int = 5,
+        strict_arp: bool = False,
     ) -> None:
         self._client = client
         self._runner = runner
@@ -419,6 +432,7 @@ class IpvsBackend:
         self._clock = clock
         self._drain_timeout = drain_timeout
         self._lock_wait = lock_wait
+        self._sysctls = {**SYSCTLS, **STRICT_ARP_SYSCTLS} if strict_arp else SYSCTLS
         self._mirror = _Mirror()
         self._need_full = True
 
@@ -429,6 +443,7 @@ class IpvsBackend:
         *,
         iptables_backend: str = "auto",
         interface: str = DEFAULT_INTERFACE,
+        strict_arp: bool = False,
     ) -> IpvsBackend:
         """Production wiring: netlink client, real commands, the iptables variant the node
         uses, IPv6 when the kernel has it, the monotonic clock for drain deadlines."""
@@ -447,6 +462,7 @@ class IpvsBackend:
             families=available_families(),
             interface=interface,
             clock=time.monotonic,
+            strict_arp=strict_arp,
         )
 
     @property
@@ -554,7 +570,7 @@ class IpvsBackend:
     # --- steps ---
 
     def _prepare(self) -> None:
-        self._client.prepare(self._interface, set_specs(), SYSCTLS)
+        self._client.prepare(self._interface, set_specs(), self._sysctls)
         for family in self._families:
             text = restore_text(family, self._options, self._missing_jumps(family))
             argv = [tool(self._variant, family, "restore"), "-w", str(self._lock_wait), "--noflush"]

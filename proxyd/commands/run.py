@@ -93,6 +93,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ipvs-interface", dest="ipvs_interface", metavar="NAME", type=interface_name,
                    help="IPVS mode: device holding the service addresses (default "
                    f"{DEFAULT_IPVS_INTERFACE}; kube-ipvs0 only when replacing kube-proxy)")
+    p.add_argument("--ipvs-strict-arp", dest="ipvs_strict_arp",
+                   action=argparse.BooleanOptionalAction,
+                   help="IPVS mode: set arp_ignore=1 and arp_announce=2 (net.ipv4.conf.all) so "
+                   "the node does not answer ARP for service addresses (MetalLB L2 needs it)")
     p.add_argument("--cluster-cidr", dest="cluster_cidr", metavar="CIDR[,CIDR]")
     p.add_argument("--nodeport-addresses", dest="nodeport_addresses", metavar="CIDR[,CIDR]",
                    help="addresses NodePorts answer on (default: all)")

@@ -43,7 +43,9 @@ def lab() -> Iterator[Lab]:
 
 
 @pytest.fixture
-def backend(lab: Lab) -> Iterator[IpvsBackend]:
+def backend(lab: Lab, request: pytest.FixtureRequest) -> Iterator[IpvsBackend]:
+    """A dual-stack backend on the guest's root namespace (the node); indirect
+    parametrization passes extra IpvsBackend keywords (e.g. ``strict_arp``)."""
     client = NetlinkIpvsClient()
     be = IpvsBackend(
         client,
@@ -52,6 +54,7 @@ def backend(lab: Lab) -> Iterator[IpvsBackend]:
         families=tuple(IPFamily),  # a dual-stack node
         clock=time.monotonic,
         drain_timeout=60,
+        **getattr(request, "param", {}),
     )
     yield be
     be.cleanup()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections
 import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import NODES, ipvsadm, plan, service
@@ -283,6 +285,51 @@ def test_unknown_scheduler_falls_back_with_a_warning(backend: IpvsBackend) -> No
     )
     assert result.ok and [r for r, _ in result.warnings] == ["unknown_scheduler"]
     assert f"TCP  {VIP}:80 rr" in ipvsadm()
+
+
+#: the node's ARP sysctls: the guest's root namespace is the node, and proxyd writes there
+ARP_SYSCTLS = tuple(Path("/proc/sys/net/ipv4/conf/all", n) for n in ("arp_ignore", "arp_announce"))
+
+
+@pytest.fixture
+def arp_defaults() -> Iterator[None]:
+    """The node starts with the kernel's defaults (answer ARP for any local address on any
+    link) and gets its own values back afterwards."""
+    saved = [p.read_text() for p in ARP_SYSCTLS]
+    for p in ARP_SYSCTLS:
+        p.write_text("0")
+    yield
+    for p, value in zip(ARP_SYSCTLS, saved, strict=True):
+        p.write_text(value)
+
+
+def arp_answered(client: str, ip: str) -> bool:
+    """Whether one ARP request for ``ip`` from ``client``'s link gets a reply within 1 s
+    (busybox arping exits 0 on a reply, 1 without)."""
+    argv = ["busybox", "arping", "-c", "1", "-w", "1", "-I", "eth0", "-s", CLIENTS[client][0], ip]
+    run = subprocess.run(
+        ["ip", "netns", "exec", client, *argv], capture_output=True, text=True, timeout=30
+    )
+    assert run.returncode in (0, 1), (run.stdout, run.stderr)
+    return run.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("backend", "strict"),
+    [pytest.param({"strict_arp": True}, True, id="strict"), pytest.param({}, False, id="default")],
+    indirect=["backend"],
+)
+def test_strict_arp_stops_the_node_answering_arp_for_service_addresses(
+    arp_defaults: None, backend: IpvsBackend, strict: bool
+) -> None:
+    lb = "10.255.1.100"  # a MetalLB (L2) address on c1's own segment
+    ingress = {"loadBalancer": {"ingress": [{"ip": lb}]}}
+    sync(backend, plan(service("web", VIP, type="LoadBalancer", status=ingress)), full=True)
+    # both addresses sit on proxyd-ipvs0; without strict ARP the node claims them on c1's link
+    assert {ip for ip in (VIP, lb) if arp_answered("c1", ip)} == (set() if strict else {VIP, lb})
+    assert arp_answered("c1", NODE_IPS[0])  # the node's own address on that link still answers
+    assert [p.read_text().strip() for p in ARP_SYSCTLS] == (["1", "2"] if strict else ["0", "0"])
+    assert set(spread(3)) == set(PODS)  # routed service traffic needs no ARP for the VIP
 
 
 def test_foreign_virtual_servers_are_never_touched(backend: IpvsBackend) -> None:
