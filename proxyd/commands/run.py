@@ -586,7 +586,9 @@ class Daemon:
                 ready = self._notifier.notify("READY=1", "STATUS=rules in sync")
             if interval is not None and self.health.status().live:
                 self._notifier.notify("WATCHDOG=1")
-            self.clock.wait(self._stop, interval / 2 if interval is not None else 1.0)
+            pause = interval / 2 if interval is not None else 1.0
+            # until READY is out, look often: units ordered after proxyd wait for it
+            self.clock.wait(self._stop, pause if ready else min(pause, 0.1))
 
 
 def _with_process_metrics(registry: CollectorRegistry | None) -> CollectorRegistry:
