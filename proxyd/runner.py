@@ -3,11 +3,11 @@
 Every sync of the daemon goes through :class:`BoundedFrequencyRunner`: change
 notifications call :meth:`~BoundedFrequencyRunner.request` (cheap, merges with any
 request already pending), the loop runs the sync function no more often than the token
-bucket allows (``burst`` runs back to back, then one per ``min_interval``), at least once
-per ``max_interval`` (the periodic resync), and at a time set by
-:meth:`~BoundedFrequencyRunner.retry_after` after a failure. The clock is injected, so
-tests advance a :class:`ManualClock` step by step instead of sleeping; no other proxyd
-module sleeps or reads the clock directly.
+bucket allows (``burst`` runs back to back, then one per ``min_interval``), without
+requests ``max_interval`` after the previous run ended (the periodic resync), and at a
+time set by :meth:`~BoundedFrequencyRunner.retry_after` after a failure. The clock is
+injected, so tests advance a :class:`ManualClock` step by step instead of sleeping; no
+other proxyd module sleeps or reads the clock directly.
 """
 
 from __future__ import annotations
@@ -81,13 +81,15 @@ class ManualClock:
 
 
 class Backoff:
-    """Exponential retry delays: ``initial``, doubled per failure, capped at ``maximum``;
+    """Exponential retry delays: ``initial``, doubled per failure, capped at ``maximum``
+    (the first one too: a sync period under the usual first delay bounds retries);
     :meth:`reset` after a success. Deterministic (the runner's token bucket already
     spreads retries out, and a node's retries do not contend with other nodes')."""
 
     def __init__(self, initial: float, maximum: float) -> None:
-        if initial <= 0 or maximum < initial:
-            raise ValueError(f"backoff needs 0 < initial <= maximum, got {initial}, {maximum}")
+        if initial <= 0 or maximum <= 0:
+            raise ValueError(f"backoff needs initial > 0 and maximum > 0, got {initial}, {maximum}")
+        initial = min(initial, maximum)
         self._initial = initial
         self._maximum = maximum
         self._next = initial
@@ -107,7 +109,8 @@ class BoundedFrequencyRunner:
     - :meth:`request` marks a run as wanted; many requests before the run merge into one.
     - A token bucket of size ``burst`` refilled at one token per ``min_interval`` bounds
       the rate: a request that arrives too early waits for the next token.
-    - Without requests, ``fn`` still runs ``max_interval`` after the previous run started.
+    - Without requests, ``fn`` still runs ``max_interval`` after the previous run ended
+      (as kube-proxy's runner does: a slow run does not eat into the period).
     - :meth:`retry_after` schedules a run ``seconds`` from now (the earliest retry wins),
       still subject to the token bucket.
 
@@ -192,8 +195,9 @@ class BoundedFrequencyRunner:
             self._tokens -= 1
             self._pending = False
             self._retry_at = None
-            self._periodic_at = now + self._max_interval
         self._fn()
+        with self._lock:  # from the end of the run, as the syncer times its full syncs
+            self._periodic_at = self._clock.monotonic() + self._max_interval
         return True
 
     def loop(self, stop: threading.Event) -> None:

@@ -7,7 +7,9 @@ The optional ``on_change(kind)`` listener (kind: ``service``, ``slice``, ``node`
 daemon uses it to queue a sync.
 Change tracking keeps, per key, the value from before the first unsynced change and the
 latest value; when the two end up equal (a flap) the key is dropped, so a change that
-was undone triggers no work.
+was undone triggers no work. Unless a snapshot was taken in between: the sync checks
+out, then copies the store, so a write landing between the two may be in the plan while
+still pending; undoing it is then a change for that plan, not a flap.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ V = TypeVar("V")
 class _Change(Generic[V]):
     previous: V | None
     current: V | None
+    seen: bool = False  # a snapshot showed a later value than ``previous``
 
 
 class ChangeTracker(Generic[K, V]):
@@ -40,8 +43,13 @@ class ChangeTracker(Generic[K, V]):
     def update(self, key: K, old: V | None, new: V | None) -> None:
         change = self._pending.setdefault(key, _Change(previous=old, current=new))
         change.current = new
-        if change.previous == change.current:
+        if change.previous == change.current and not change.seen:
             del self._pending[key]
+
+    def mark_seen(self) -> None:
+        """A snapshot is being taken: a plan may now hold the pending values."""
+        for change in self._pending.values():
+            change.seen = True
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -170,6 +178,8 @@ class ClusterState:
     def snapshot(self) -> ClusterSnapshot:
         """A consistent copy; later writes do not show through."""
         with self._lock:
+            self._service_changes.mark_seen()
+            self._slice_changes.mark_seen()
             return ClusterSnapshot(
                 services=dict(self._services),
                 slices=dict(self._slices),

@@ -625,12 +625,14 @@ class KubeSources:
         return all(informer.synced.is_set() for informer in self._informers)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """End the threads: open watches are cut, waits interrupted."""
+        """End the threads: open watches are cut, waits interrupted. Waits ``timeout`` in
+        all: a thread blocked in a list (an unreachable API server) cannot be interrupted
+        and is a daemon thread, so each gets its share instead of the whole."""
         self._stopping.set()
         for informer in self._informers:
             informer.interrupt()
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(timeout / len(self._threads))
         self._threads.clear()
 
     def list_once(self) -> None:
