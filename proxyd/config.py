@@ -79,6 +79,7 @@ class Config:
     nodeport_addresses: tuple[str, ...] = ()
     masquerade_all: bool = False
     masquerade_bit: int = 14
+    localhost_nodeports: bool = True
     metrics_bind_address: str = "127.0.0.1:10249"
     healthz_bind_address: str = "0.0.0.0:10256"
     sync_period: float = 30.0
@@ -179,6 +180,7 @@ _IPTABLES = {
     "masqueradeBit": "masquerade_bit",
     "syncPeriod": "iptables.sync_period",
     "minSyncPeriod": "iptables.min_sync_period",
+    "localhostNodePorts": "localhost_nodeports",
 }
 _IPVS = {
     "scheduler": "ipvs_scheduler",
@@ -195,7 +197,7 @@ _IGNORED_TOP = frozenset({
     "logging", "nftables", "oomScoreAdj", "portRange", "showHiddenMetricsForVersion",
     "winkernel", "windowsRunAsService", "linux",
 })
-_IGNORED_IPTABLES = frozenset({"localhostNodePorts"})
+_IGNORED_IPTABLES: frozenset[str] = frozenset()
 _IGNORED_IPVS = frozenset({
     "excludeCIDRs", "tcpTimeout", "tcpFinTimeout", "udpTimeout",
 })
@@ -311,7 +313,7 @@ def _convert(key: str, value: Any) -> Any:
     match key:
         case "sync_period" | "min_sync_period":
             return value if isinstance(value, float) else parse_duration(str(value), where=key)
-        case "masquerade_all" | "ipvs_strict_arp":
+        case "masquerade_all" | "ipvs_strict_arp" | "localhost_nodeports":
             if not isinstance(value, bool):
                 raise InputError("configuration", key, f"{value!r} is not a boolean",
                                  reason="bad_value")

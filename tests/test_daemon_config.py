@@ -246,7 +246,7 @@ def run_parser() -> argparse.ArgumentParser:
 def test_every_run_flag_is_a_config_field() -> None:
     dests = {a.dest for a in run_parser()._actions if a.option_strings} - {"help", "config"}
     assert dests <= {f.name for f in dataclasses.fields(Config)}
-    assert len(dests) == 17
+    assert len(dests) == 18
 
 
 def test_flags_parse_and_override_the_file(tmp_path: Path) -> None:
@@ -300,3 +300,29 @@ def test_strict_arp_comes_from_the_ipvs_section_and_the_flag_wins(
     assert load_file(path)[1] == []  # implemented: no "ignored" note
     args = build_parser().parse_args(["run", "--config", path, *argv])
     assert config_from_args(args, {"NODE_NAME": "n"})[0].ipvs_strict_arp is want
+
+
+@pytest.mark.parametrize(
+    ("text", "argv", "want"),
+    [
+        pytest.param("", [], True, id="default-on-as-kube-proxy"),
+        pytest.param("iptables:\n  localhostNodePorts: false\n", [], False, id="file"),
+        pytest.param("iptables:\n  localhostNodePorts: false\n",
+                     ["--iptables-localhost-nodeports"], True, id="flag-on-wins"),
+        pytest.param("iptables:\n  localhostNodePorts: true\n",
+                     ["--no-iptables-localhost-nodeports"], False, id="flag-off-wins"),
+    ],
+)
+def test_localhost_nodeports_come_from_the_iptables_section_and_the_flag_wins(
+    tmp_path: Path, text: str, argv: list[str], want: bool
+) -> None:
+    path = write(tmp_path, "mode: iptables\n" + text)
+    assert load_file(path)[1] == []  # implemented now: no "ignored" note
+    args = build_parser().parse_args(["run", "--config", path, *argv])
+    assert config_from_args(args, {"NODE_NAME": "n"})[0].localhost_nodeports is want
+
+
+def test_localhost_nodeports_must_be_a_boolean(tmp_path: Path) -> None:
+    values, _ = load_file(write(tmp_path, "iptables:\n  localhostNodePorts: 'yes'\n"))
+    with pytest.raises(InputError, match="not a boolean"):
+        resolve(values, {}, env={"NODE_NAME": "n"})

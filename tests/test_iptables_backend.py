@@ -11,6 +11,7 @@ import pytest
 from proxyd.backends.commands_runner import CompletedRun
 from proxyd.backends.conntrack import ConntrackCleaner
 from proxyd.backends.iptables import (
+    ROUTE_LOCALNET,
     IptablesBackend,
     Variant,
     choose_variant,
@@ -285,3 +286,77 @@ def test_plan_with_only_unchanged_services_keeps_rule_counts() -> None:
     first = be.sync(node_plan(WEB, DNS), full=True)
     again = be.sync(NodePlan("node-a", node_plan(WEB, DNS).services), full=False)
     assert again.rules == first.rules
+
+
+# --- localhost NodePorts: route_localnet through the Sysctls seam -----------------------
+
+
+@dataclass
+class FakeSysctls:
+    """Records ``ensure`` calls; raises while ``broken`` is set."""
+
+    broken: str | None = None
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    def ensure(self, key: str, value: str) -> None:
+        self.calls.append((key, value))
+        if self.broken is not None:
+            raise BackendError(f"cannot set {key}={value}: {self.broken}")
+
+
+LOCALHOST = RenderOptions(cluster_cidrs=("10.244.0.0/16",), localhost_nodeports=True)
+NODEPORT = sp(internal=[ep("10.244.1.2")], node_port=30080)
+MARTIAN = "-d 127.0.0.0/8 ! -s 127.0.0.0/8"
+
+
+def ipv4_restore(runner: FakeRunner) -> str:
+    (text,) = [t for argv, t in runner.restores() if argv[0].startswith("iptables-")]
+    return text
+
+
+def test_full_syncs_ensure_route_localnet_partial_syncs_do_not() -> None:
+    runner, sysctls = FakeRunner(), FakeSysctls()
+    be = IptablesBackend(runner, Variant.NFT, options=LOCALHOST, sysctls=sysctls)
+    first = be.sync(node_plan(NODEPORT), full=True)
+    assert first.ok and first.warnings == ()
+    assert sysctls.calls == [(ROUTE_LOCALNET, "1")]
+    assert ROUTE_LOCALNET == "net/ipv4/conf/all/route_localnet"
+    text = ipv4_restore(runner)
+    assert MARTIAN in text and "! -d 127.0.0.0/8" not in text
+    be.sync(node_plan(NODEPORT, WEB), full=False)
+    assert len(sysctls.calls) == 1
+    be.sync(node_plan(NODEPORT, WEB), full=True)
+    assert len(sysctls.calls) == 2
+
+
+def test_route_localnet_refused_keeps_loopback_closed_and_warns() -> None:
+    runner, sysctls = FakeRunner(), FakeSysctls(broken="Read-only file system")
+    be = IptablesBackend(runner, Variant.NFT, options=LOCALHOST, sysctls=sysctls)
+    result = be.sync(node_plan(NODEPORT), full=True)
+    assert result.ok
+    ((label, message),) = result.warnings
+    assert label == "route_localnet" and "Read-only file system" in message
+    text = ipv4_restore(runner)
+    assert "! -d 127.0.0.0/8 -j PROXYD-NODEPORTS" in text and MARTIAN not in text
+    runner.clear()
+    sysctls.broken = None
+    healed = be.sync(node_plan(NODEPORT), full=True)
+    assert healed.warnings == () and MARTIAN in ipv4_restore(runner)
+
+
+def test_nothing_to_ensure_without_loopback_nodeports() -> None:
+    sysctls = FakeSysctls()
+    for options in (
+        replace(LOCALHOST, localhost_nodeports=False),
+        replace(LOCALHOST, nodeport_addresses=("10.0.0.0/8",)),
+    ):
+        be = IptablesBackend(FakeRunner(), Variant.NFT, options=options, sysctls=sysctls)
+        assert be.sync(node_plan(NODEPORT), full=True).ok
+    assert sysctls.calls == []
+
+
+def test_localhost_nodeports_without_sysctls_are_refused() -> None:
+    with pytest.raises(ValueError, match="route_localnet"):
+        IptablesBackend(FakeRunner(), Variant.NFT, options=LOCALHOST)
+
+

@@ -25,6 +25,7 @@ from proxyd.backends import SyncResult
 from proxyd.backends.commands_runner import CompletedRun, SubprocessRunner
 from proxyd.backends.conntrack import ConntrackCleaner
 from proxyd.backends.iptables import (
+    ROUTE_LOCALNET,
     IptablesBackend,
     Variant,
     detect_variant,
@@ -333,6 +334,130 @@ def test_external_traffic_policy_local(cluster: Cluster, proxy: Proxy, proto: Pr
     assert errors_of(dropped) == {"timeout"}
     inside = cluster.node1.probe(p(proto), "10.96.1.9", 80, count=3)
     assert pods_of(inside) == {"c"}
+
+
+# --- localhost NodePorts (kube-proxy's iptables.localhostNodePorts) -----------------------
+
+
+@dataclass(frozen=True)
+class NodeSysctls:
+    """The backend's Sysctls seam, inside a test node (never the host's /proc/sys)."""
+
+    node: Node
+
+    def read(self, key: str) -> str:
+        return self.node.run("sysctl", "-n", key).stdout.strip()
+
+    def ensure(self, key: str, value: str) -> None:
+        if self.read(key) != value:
+            self.node.sysctl(f"{key}={value}")
+
+
+@pytest.fixture
+def localhost_proxy(cluster: Cluster, variant: Variant) -> Iterator[Proxy]:
+    """Node 1 with localhost NodePorts on; route_localnet back to 0 afterwards."""
+    runner = RecordingRunner(SubprocessRunner(cluster.node1.argv()))
+    sysctls = NodeSysctls(cluster.node1)
+    sysctls.ensure(ROUTE_LOCALNET, "0")
+    options = replace(OPTIONS, localhost_nodeports=True)
+    backend = IptablesBackend(runner, variant, options=options, sysctls=sysctls)
+    yield Proxy(backend, runner, variant, cluster.node1)
+    sysctls.ensure(ROUTE_LOCALNET, "0")
+
+
+NODE1_ADDRESSES = {"10.244.1.1", "10.254.0.1"}  # what masquerading leaves as source
+
+
+def test_localhost_nodeport_reaches_every_endpoint_masqueraded(
+    cluster: Cluster, localhost_proxy: Proxy
+) -> None:
+    """127.0.0.1:<nodePort> on the node works; 127.x cannot leave the host, so it is
+    masqueraded, also for eTP=Local, whose local traffic goes to all endpoints."""
+    pods = [cluster.a, cluster.c]
+    spread = service("lh", "10.96.1.30", Protocol.TCP, pods, node_port=30130)
+    local = service(
+        "lh-local",
+        "10.96.1.31",
+        Protocol.TCP,
+        pods,
+        node_port=30131,
+        external_traffic_policy=TrafficPolicy.LOCAL,
+    )
+    local = replace(local, external=tuple(eps(Protocol.TCP, cluster.a)))
+    assert localhost_proxy.sync(spread, local).warnings == ()
+    assert NodeSysctls(cluster.node1).read(ROUTE_LOCALNET) == "1"
+    for port in (30130, 30131):
+        answers = cluster.node1.probe("tcp", "127.0.0.1", port, count=20)
+        assert errors_of(answers) == {None}
+        assert pods_of(answers) == {"a", "c"}
+        assert {a.source for a in answers} <= NODE1_ADDRESSES
+    own = cluster.node1.probe("tcp", cluster.client.gateway, 30130, count=10)
+    assert errors_of(own) == {None} and pods_of(own) == {"a", "c"}
+
+
+def test_without_localhost_nodeports_loopback_is_refused(cluster: Cluster, proxy: Proxy) -> None:
+    """Off: the rules leave 127.0.0.0/8 alone even where route_localnet=1 would let a
+    DNAT through; the node's own address still answers."""
+    sysctls = NodeSysctls(cluster.node1)
+    sysctls.ensure(ROUTE_LOCALNET, "1")
+    try:
+        proxy.sync(service("no-lh", "10.96.1.32", Protocol.TCP, [cluster.a], node_port=30132))
+        refused = cluster.node1.probe("tcp", "127.0.0.1", 30132, timeout=2)
+        assert errors_of(refused) == {"refused"}
+        own = cluster.node1.probe("tcp", cluster.client.gateway, 30132, count=3)
+        assert errors_of(own) == {None} and pods_of(own) == {"a"}
+        assert "-A PROXYD-FIREWALL" not in proxy.save("-t", "filter")
+    finally:
+        sysctls.ensure(ROUTE_LOCALNET, "0")
+
+
+# A TCP SYN from the client's link straight to 127.0.0.1 (CVE-2020-8558): an Ethernet
+# frame to the node's MAC, written by hand (argv: device, node MAC, source, port, count).
+_SYN_TO_LOOPBACK = r"""
+import socket, struct, sys
+dev, mac, src, port, count = sys.argv[1:]
+def csum(data):
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+s, d = socket.inet_aton(src), socket.inet_aton("127.0.0.1")
+tcp = struct.pack("!HHIIBBHHH", 40000, int(port), 1, 0, 5 << 4, 0x02, 64240, 0, 0)
+pseudo = s + d + struct.pack("!BBH", 0, 6, len(tcp))
+tcp = tcp[:16] + struct.pack("!H", csum(pseudo + tcp)) + tcp[18:]
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, s, d)
+ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+own = open(f"/sys/class/net/{dev}/address").read().strip()
+head = bytes.fromhex(mac.replace(":", "") + own.replace(":", "")) + b"\x08\x00"
+with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as raw:
+    raw.bind((dev, 0))
+    for _ in range(int(count)):
+        raw.send(head + ip + tcp)
+"""
+
+
+def _route_dev(ns: Node | Client, to: str) -> str:
+    return str(json.loads(ns.run("ip", "-j", "route", "get", to).stdout)[0]["dev"])
+
+
+def test_martian_guard_drops_packets_to_loopback_from_a_link(
+    cluster: Cluster, localhost_proxy: Proxy
+) -> None:
+    node, client = cluster.node1, cluster.client
+    localhost_proxy.sync(service("guard", "10.96.1.33", Protocol.TCP, [cluster.a], node_port=30133))
+    save = localhost_proxy.save("-c", "-t", "filter")
+    for chain in ("INPUT", "OUTPUT"):  # the guard goes first: nothing may ACCEPT before it
+        first = next(r for r in save.splitlines() if re.match(rf"^\[\d+:\d+\] -A {chain} ", r))
+        assert first.endswith("-j PROXYD-FIREWALL")
+    ((before, rule),) = _counters(save, "PROXYD-FIREWALL")
+    assert "-d 127.0.0.0/8" in rule and "! -s 127.0.0.0/8" in rule and rule.endswith("-j DROP")
+    mac = node.run("cat", f"/sys/class/net/{_route_dev(node, client.ip)}/address").stdout.strip()
+    dev = _route_dev(client, client.gateway)
+    client.run(sys.executable, "-c", _SYN_TO_LOOPBACK, dev, mac, client.ip, "8099", "5")
+    ((after, _),) = _counters(localhost_proxy.save("-c", "-t", "filter"), "PROXYD-FIREWALL")
+    assert after - before == 5
+    local = node.probe("tcp", "127.0.0.1", 30133, count=3)  # local sources still pass
+    assert errors_of(local) == {None} and pods_of(local) == {"a"}
 
 
 # --- affinity, hairpin, endpoint removal ---------------------------------------------------

@@ -7,6 +7,7 @@ tables as full ones.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 from dataclasses import replace
@@ -27,6 +28,7 @@ from proxyd.backends.iptables_render import (
     chain_name,
     escape_comment,
     jump_target,
+    localhost_nodeports,
     missing_jumps,
     parse_save,
     render,
@@ -73,6 +75,7 @@ GOLDEN = """\
 :PROXYD-NODEPORTS - [0:0]
 :PROXYD-PROXY-FIREWALL - [0:0]
 :PROXYD-FORWARD - [0:0]
+:PROXYD-FIREWALL - [0:0]
 -A PROXYD-FORWARD -m conntrack --ctstate INVALID -j DROP
 -A PROXYD-FORWARD -m comment --comment "proxyd forwarding rules" \
 -m mark --mark 0x4000/0x4000 -j ACCEPT
@@ -323,6 +326,110 @@ def test_nodeport_addresses_restrict_the_nodeport_jump() -> None:
     text = render(node_plan(sp(internal=[ep("10.244.1.2")], node_port=30080)), V4, options).text
     (jump,) = [r for r in lines(text, "PROXYD-SERVICES") if r.endswith("-j PROXYD-NODEPORTS")]
     assert "-d 10.255.0.0/16 -m addrtype --dst-type LOCAL" in jump
+
+
+# --- localhost NodePorts (kube-proxy's iptables.localhostNodePorts) ---------------------
+
+LOCALHOST = replace(CIDR, localhost_nodeports=True)
+NODEPORT = sp(internal=[ep("10.244.1.2")], node_port=30080)
+MARTIAN = (
+    "-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
+)
+
+
+def nodeport_jumps(options: RenderOptions, family: IPFamily = V4) -> set[str]:
+    """The destination matches of the jumps to PROXYD-NODEPORTS."""
+    text = render(node_plan(NODEPORT), family, options).text
+    jumps = [r for r in lines(text, "PROXYD-SERVICES") if r.endswith(" -j PROXYD-NODEPORTS")]
+    return {re.sub(r'^.*this chain" (.*) -j PROXYD-NODEPORTS$', r"\1", r) for r in jumps}
+
+
+def test_localhost_nodeports_open_ipv4_loopback_only() -> None:
+    assert nodeport_jumps(LOCALHOST) == {"-m addrtype --dst-type LOCAL"}
+    assert nodeport_jumps(CIDR) == {"-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8"}
+    for options in (CIDR, LOCALHOST):  # IPv6 loopback never: ::1 cannot be routed anywhere
+        assert nodeport_jumps(options, V6) == {"-m addrtype --dst-type LOCAL ! -d ::1/128"}
+
+
+def test_martian_guard_comes_with_localhost_nodeports_only() -> None:
+    def guard(options: RenderOptions, family: IPFamily = V4) -> list[str]:
+        return lines(render(node_plan(NODEPORT), family, options).text, "PROXYD-FIREWALL")
+
+    (rule,) = guard(LOCALHOST)
+    assert rule.startswith("-A PROXYD-FIREWALL ") and rule.endswith(MARTIAN)
+    assert guard(CIDR) == []
+    assert guard(LOCALHOST, V6) == []
+    assert guard(replace(LOCALHOST, nodeport_addresses=("10.0.0.0/8",))) == []
+
+
+def test_switching_localhost_nodeports_off_flushes_the_guard() -> None:
+    on = render(node_plan(NODEPORT), V4, LOCALHOST, jumps=JUMPS)
+    off = render(node_plan(NODEPORT), V4, CIDR, on.state)
+    assert off.full  # other options: everything is rewritten
+    tables = applied(on.text, off.text).tables
+    assert tables["filter"]["PROXYD-FIREWALL"] == []
+    assert any("! -d 127.0.0.0/8" in r for r in tables["nat"]["PROXYD-SERVICES"])
+
+
+@pytest.mark.parametrize(
+    ("addresses", "expected"),
+    [
+        pytest.param((), True, id="all-addresses"),
+        pytest.param(("0.0.0.0/0",), True, id="zero-cidr"),
+        pytest.param(("127.0.0.1/32", "10.0.0.0/8"), True, id="inside-loopback"),
+        pytest.param(("126.0.0.0/7",), True, id="around-loopback"),
+        pytest.param(("10.0.0.0/8",), False, id="no-loopback"),
+        pytest.param(("fd00::/8",), False, id="ipv6-only"),
+    ],
+)
+def test_localhost_nodeports_need_loopback_among_the_nodeport_addresses(
+    addresses: tuple[str, ...], expected: bool
+) -> None:
+    options = RenderOptions(nodeport_addresses=addresses, localhost_nodeports=True)
+    assert localhost_nodeports(options) is expected
+    assert localhost_nodeports(replace(options, localhost_nodeports=False)) is False
+
+
+@pytest.mark.parametrize(
+    ("addresses", "family", "loopback"),
+    [
+        pytest.param(("127.0.0.0/8", "10.0.0.0/8"), V4, "127.0.0.0/8", id="v4-inside"),
+        pytest.param(("0.0.0.0/1", "192.168.0.0/16"), V4, "127.0.0.0/8", id="v4-around"),
+        pytest.param(("::1/128", "fd00::/8"), V6, "::1/128", id="v6-inside"),
+        pytest.param(("::/120",), V6, "::1/128", id="v6-around"),
+    ],
+)
+def test_nodeport_cidrs_are_cut_around_an_excluded_loopback(
+    addresses: tuple[str, ...], family: IPFamily, loopback: str
+) -> None:
+    """kube-proxy skips loopback node IPs in these CIDRs; one ``-d`` per rule, so proxyd
+    answers on the rest of each CIDR through the CIDRs around loopback."""
+    options = RenderOptions(nodeport_addresses=addresses)  # localhost NodePorts off
+    jumps = nodeport_jumps(options, family)
+    nets = {ipaddress.ip_network(j.split()[1]) for j in jumps}
+    assert all(j.endswith("-m addrtype --dst-type LOCAL") for j in jumps)
+    lo = ipaddress.ip_network(loopback)
+    assert not any(net.overlaps(lo) for net in nets)
+    wanted = [ipaddress.ip_network(a) for a in addresses if (":" in a) == (family is V6)]
+    assert set(ipaddress.collapse_addresses([*nets, lo])) == set(
+        ipaddress.collapse_addresses([*wanted, lo])
+    )
+
+
+def test_zero_cidr_means_every_local_address() -> None:
+    options = RenderOptions(nodeport_addresses=("0.0.0.0/0", "10.0.0.0/8", "::/0"))
+    assert nodeport_jumps(options) == {"-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8"}
+    assert nodeport_jumps(options, V6) == {"-m addrtype --dst-type LOCAL ! -d ::1/128"}
+    on = replace(options, localhost_nodeports=True)
+    assert nodeport_jumps(on) == {"-m addrtype --dst-type LOCAL"}
+
+
+def test_nodeport_without_endpoints_is_rejected_on_loopback_too_when_open() -> None:
+    s = sp(internal=[], node_port=30080)
+    (closed,) = shared(s, "filter_external")
+    (opened,) = shared(s, "filter_external", localhost_nodeports=True)
+    assert "! -d 127.0.0.0/8" in closed
+    assert "127.0.0.0/8" not in opened and opened.endswith("--dport 30080 -j REJECT")
 
 
 @pytest.mark.parametrize(
@@ -637,6 +744,7 @@ def test_jumps_are_inserted_first_in_declared_order() -> None:
     text = render(node_plan(A), V4, CIDR, jumps=JUMPS).text
     tables = applied(text).tables
     assert [jump_target(r) for r in tables["filter"]["INPUT"]] == [
+        "PROXYD-FIREWALL",  # the martian guard first: nothing may ACCEPT before it
         "PROXYD-PROXY-FIREWALL",
         "PROXYD-NODEPORTS",
         "PROXYD-EXTERNAL-SERVICES",

@@ -58,6 +58,7 @@ def build_backend(cfg: Config) -> tuple[Backend, Variant]:
     from proxyd.backends.conntrack import ConntrackCleaner
     from proxyd.backends.iptables import IptablesBackend, available_families, resolve_variant
     from proxyd.backends.iptables_render import RenderOptions
+    from proxyd.backends.sysctl import ProcSysctls
     from proxyd.config import ProxyMode
 
     runner = SubprocessRunner()
@@ -87,6 +88,7 @@ def build_backend(cfg: Config) -> tuple[Backend, Variant]:
         masquerade_all=cfg.masquerade_all,
         nodeport_addresses=cfg.nodeport_addresses,
         masquerade_bit=cfg.masquerade_bit,
+        localhost_nodeports=cfg.localhost_nodeports,
     )
     backend = IptablesBackend(
         runner,
@@ -94,5 +96,6 @@ def build_backend(cfg: Config) -> tuple[Backend, Variant]:
         options=options,
         families=available_families(),
         conntrack=ConntrackCleaner(runner),
+        sysctls=ProcSysctls(),
     )
     return backend, variant

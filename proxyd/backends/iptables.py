@@ -17,6 +17,13 @@ tables (stale chains of an earlier run get deleted, jump rules already present a
 kept); later full syncs know the chains from the last applied state and only list the
 built-in chains to re-insert jump rules someone removed. Partial syncs run one restore
 and nothing else.
+
+Localhost NodePorts (:func:`~proxyd.backends.iptables_render.localhost_nodeports`) need
+``net.ipv4.conf.all.route_localnet=1``: every full sync ensures it through an injected
+:class:`~proxyd.backends.sysctl.Sysctls`. When it cannot be set (a read-only
+``/proc/sys``), the rules are rendered without localhost NodePorts and the sync reports a
+warning instead of failing, so the node keeps working as before. Without a ``Sysctls``
+the option is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from enum import StrEnum
 
 from proxyd.backends import SyncResult
@@ -38,15 +46,18 @@ from proxyd.backends.iptables_render import (
     Payload,
     RenderOptions,
     SavedTable,
+    localhost_nodeports,
     missing_jumps,
     parse_save,
     render,
     render_cleanup,
 )
+from proxyd.backends.sysctl import Sysctls
 from proxyd.errors import BackendError
 from proxyd.model import IPFamily, NodePlan, ServicePortKey
 
 __all__ = [
+    "ROUTE_LOCALNET",
     "IptablesBackend",
     "Variant",
     "available_families",
@@ -59,6 +70,8 @@ __all__ = [
 ]
 
 _MARKERS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")
+#: What localhost NodePorts need: packets to 127.0.0.0/8 may be routed off the host.
+ROUTE_LOCALNET = "net/ipv4/conf/all/route_localnet"
 
 
 class Variant(StrEnum):
@@ -197,7 +210,8 @@ class IptablesBackend:
     """:class:`~proxyd.backends.Backend` on iptables-restore (nft or legacy).
 
     ``conntrack`` (optional) deletes stale UDP entries after each successful sync.
-    ``families`` are synced in order, each with its own restore.
+    ``families`` are synced in order, each with its own restore. ``sysctls`` sets what
+    the options need (``route_localnet`` for localhost NodePorts); required then.
     """
 
     def __init__(
@@ -208,21 +222,29 @@ class IptablesBackend:
         options: RenderOptions | None = None,
         families: Sequence[IPFamily] = (IPFamily.IPV4, IPFamily.IPV6),
         conntrack: ConntrackCleaner | None = None,
+        sysctls: Sysctls | None = None,
         lock_wait: int = 5,
     ) -> None:
         self._runner = runner
         self.variant = variant
         self._options = options or RenderOptions()
+        if sysctls is None and localhost_nodeports(self._options):
+            raise ValueError("localhost NodePorts need a Sysctls to set route_localnet")
+        self._sysctls = sysctls
+        self._effective = self._options  # what the rules were rendered with
         self._families = tuple(families)
         self._conntrack = conntrack
         self._lock_wait = lock_wait
         self._states: dict[IPFamily, FamilyState] = {}
+        self._synced: FamilyState | None = None  # first family's, at the last ok sync
         self._need_full = True
 
     def sync(self, plan: NodePlan, *, full: bool) -> SyncResult:
         """Write ``plan``; partial unless ``full`` or the last sync failed."""
         full = full or self._need_full
-        before = self._states.get(self._families[0])
+        warnings = self._ensure_sysctls() if full else ()
+        applied = self._states.get(self._families[0])
+        before = self._synced  # the rules the conntrack entries were made with
         written: set[ServicePortKey] = set()
         removed: set[ServicePortKey] = set()
         counts: Counter[str] = Counter()
@@ -243,7 +265,10 @@ class IptablesBackend:
             written |= payload.written
             removed |= payload.removed
             counts.update(payload.rules)
-        detail = self._clean_conntrack(before, written | removed)
+        # After a failed sync the families restored before the failure moved their state
+        # on: what they removed is in no key this sync wrote, so look at every key.
+        detail = self._clean_conntrack(before, written | removed if before is applied else None)
+        self._synced = self._states.get(self._families[0])
         if full:
             self._need_full = False
         return SyncResult(
@@ -253,22 +278,39 @@ class IptablesBackend:
             removed=frozenset(removed),
             rules=dict(counts),
             detail=detail,
+            warnings=warnings,
         )
 
     def cleanup(self) -> None:
         """Remove every proxyd chain and jump rule of this variant (idempotent)."""
+        # Forgotten first: when one family fails, the ones before it are already gone,
+        # and the next sync must read the tables again instead of trusting the old state.
+        self._states.clear()
+        self._synced = None
+        self._need_full = True
         for family in self._families:
             remove_chains(self._runner, self.variant, family, lock_wait=self._lock_wait)
-        self._states.clear()
-        self._need_full = True
 
     # --- internals ------------------------------------------------------------------
+
+    def _ensure_sysctls(self) -> tuple[tuple[str, str], ...]:
+        """Decide the options of this full sync: localhost NodePorts only while
+        ``route_localnet=1`` holds (checked every full sync: someone may reset it)."""
+        self._effective = self._options
+        if self._sysctls is None or not localhost_nodeports(self._options):
+            return ()
+        try:
+            self._sysctls.ensure(ROUTE_LOCALNET, "1")
+        except BackendError as exc:
+            self._effective = replace(self._options, localhost_nodeports=False)
+            return (("route_localnet", f"config: {exc}; NodePorts do not answer on 127.0.0.1"),)
+        return ()
 
     def _payload(self, plan: NodePlan, family: IPFamily, full: bool) -> Payload:
         previous = self._states.get(family)
         nft = self.variant is Variant.NFT
         if not full:
-            return render(plan, family, self._options, previous, nft=nft)
+            return render(plan, family, self._effective, previous, nft=nft)
         if previous is None:  # first sync: learn what an earlier run left behind
             saved = self._read_tables(family)
             existing = {t: saved[t].chains for t in TABLES if t in saved}
@@ -278,7 +320,7 @@ class IptablesBackend:
         return render(
             plan,
             family,
-            self._options,
+            self._effective,
             previous,
             full=True,
             existing=existing,
@@ -311,13 +353,20 @@ class IptablesBackend:
         argv = [tool(self.variant, family, "restore"), "-w", str(self._lock_wait), "--noflush"]
         return self._runner.run(argv, text.encode())
 
-    def _clean_conntrack(self, before: FamilyState | None, keys: set[ServicePortKey]) -> str:
+    def _clean_conntrack(
+        self, before: FamilyState | None, keys: set[ServicePortKey] | None
+    ) -> str:
         """Delete UDP entries made stale by this sync (nothing on the first one: what the
-        kernel held before is unknown, and flushing on restart would break live flows)."""
+        kernel held before is unknown, and flushing on restart would break live flows).
+        ``keys`` None: every service port of ``before`` and after."""
         after = self._states.get(self._families[0])
-        if self._conntrack is None or before is None or after is None or not keys:
+        if self._conntrack is None or before is None or after is None or keys == set():
             return ""
-        old = {k: before.services[k][0] for k in keys if k in before.services}
-        new = {k: after.services[k][0] for k in keys if k in after.services}
+        if keys is None:
+            old = {k: entry[0] for k, entry in before.services.items()}
+            new = {k: entry[0] for k, entry in after.services.items()}
+        else:
+            old = {k: before.services[k][0] for k in keys if k in before.services}
+            new = {k: after.services[k][0] for k in keys if k in after.services}
         errors = self._conntrack.delete(stale_udp_flows(old, new, keys))
         return "\n".join(f"conntrack: {e}" for e in errors)

@@ -19,7 +19,8 @@ nat::
 filter: ``PROXYD-SERVICES`` (REJECT cluster IPs without endpoints), ``PROXYD-EXTERNAL-SERVICES``
 (REJECT, or DROP for eTP=Local without a local endpoint), ``PROXYD-PROXY-FIREWALL`` (DROP LB
 traffic the FW chain did not admit), ``PROXYD-NODEPORTS`` (ACCEPT health check node ports),
-``PROXYD-FORWARD`` (drop ctstate INVALID, accept marked and established traffic).
+``PROXYD-FORWARD`` (drop ctstate INVALID, accept marked and established traffic),
+``PROXYD-FIREWALL`` (with localhost NodePorts: drop packets to 127.0.0.0/8 from elsewhere).
 
 Chain names hash the service port's identity (and the endpoint for SEP chains), so they
 are stable across restarts. Each service port renders to a cached :class:`ServiceRules`;
@@ -38,8 +39,10 @@ Decisions where kube-proxy's behaviour needed a choice:
 - SVC holds the endpoints for cluster traffic (SVL with iTP=Local), SVL those for external
   traffic with eTP=Local; when a plan gives one chain two different sets, SVC takes the
   internal and SVL the external one.
-- NodePorts answer on every local address but loopback (``--nodeport-addresses`` narrows
-  them to local addresses in those CIDRs).
+- NodePorts answer on every local address (``--nodeport-addresses`` narrows them to local
+  addresses in those CIDRs); on IPv4 loopback only with ``localhost_nodeports`` (see
+  :func:`localhost_nodeports`), on IPv6 loopback never. A CIDR that holds loopback but
+  loopback is excluded is split around it; ``0.0.0.0/0`` and ``::/0`` mean "all".
 - ``loadBalancerSourceRanges`` of the other family admit nothing: an LB IP of a family
   without ranges of its own is closed, not open.
 - Only the first ``--cluster-cidr`` of each family decides masquerading (one ``! -s``).
@@ -51,7 +54,9 @@ Decisions where kube-proxy's behaviour needed a choice:
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import ipaddress
 import itertools
 import re
 import shlex
@@ -75,6 +80,7 @@ __all__ = [
     "FORWARD",
     "JUMPS",
     "KUBE_PROXY",
+    "LOCALNET_FIREWALL",
     "MARK_MASQ",
     "MAX_CHAIN_NAME",
     "NFT_CHAIN_LIST_LIMIT",
@@ -95,6 +101,7 @@ __all__ = [
     "chain_name",
     "escape_comment",
     "jump_target",
+    "localhost_nodeports",
     "missing_jumps",
     "parse_save",
     "render",
@@ -115,6 +122,8 @@ FIREWALL = "PROXYD-PROXY-FIREWALL"
 FORWARD = "PROXYD-FORWARD"
 MARK_MASQ = "PROXYD-MARK-MASQ"
 POSTROUTING = "PROXYD-POSTROUTING"
+#: kube-proxy's KUBE-FIREWALL: the martian guard localhost NodePorts need (filter only)
+LOCALNET_FIREWALL = "PROXYD-FIREWALL"
 
 _SVC = "PROXYD-SVC-"
 _SVL = "PROXYD-SVL-"
@@ -125,7 +134,7 @@ _SEP = "PROXYD-SEP-"
 OWN_PREFIXES = (_SVC, _SVL, _EXT, _FW, _SEP)
 
 _STATIC: Mapping[str, tuple[str, ...]] = {
-    "filter": (SERVICES, EXTERNAL_SERVICES, NODEPORTS, FIREWALL, FORWARD),
+    "filter": (SERVICES, EXTERNAL_SERVICES, NODEPORTS, FIREWALL, FORWARD, LOCALNET_FIREWALL),
     "nat": (SERVICES, NODEPORTS, MARK_MASQ, POSTROUTING),
 }
 
@@ -203,8 +212,11 @@ class RenderOptions:
 
     ``cluster_cidrs``: traffic to a cluster IP from outside these is masqueraded (the first
     CIDR of each family is used). ``nodeport_addresses``: NodePorts answer only on local
-    addresses inside these CIDRs (default: every local address but loopback).
-    ``masquerade_bit``: the fwmark bit for "masquerade this" (14 → 0x4000)::
+    addresses inside these CIDRs (default: every local address). ``localhost_nodeports``:
+    IPv4 NodePorts also answer on 127.0.0.0/8 when ``nodeport_addresses`` hold it
+    (kube-proxy's ``iptables.localhostNodePorts``); off by default here because it only
+    works with ``route_localnet=1``, which the backend must set (``proxyd run`` turns it
+    on). ``masquerade_bit``: the fwmark bit for "masquerade this" (14 → 0x4000)::
 
         RenderOptions(cluster_cidrs=("10.244.0.0/16",), nodeport_addresses=("10.0.0.0/8",))
     """
@@ -213,6 +225,7 @@ class RenderOptions:
     masquerade_all: bool = False
     nodeport_addresses: tuple[str, ...] = ()
     masquerade_bit: int = 14
+    localhost_nodeports: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.masquerade_bit <= 31:
@@ -231,13 +244,43 @@ def _of(addrs: Iterable[str], v6: bool) -> tuple[str, ...]:
     return tuple(a for a in addrs if _is_v6(a) == v6)
 
 
+_LOOPBACK4 = ipaddress.IPv4Network("127.0.0.0/8")
+_LOOPBACK6 = ipaddress.IPv6Network("::1/128")
+
+
+def localhost_nodeports(options: RenderOptions) -> bool:
+    """Whether IPv4 NodePorts answer on 127.0.0.0/8: the option is on and the NodePort
+    addresses hold loopback (all addresses, or a CIDR overlapping 127.0.0.0/8), as
+    kube-proxy decides it. The backend must then set ``route_localnet=1`` and the filter
+    table drops martians to 127.0.0.0/8 (CVE-2020-8558)."""
+    if not options.localhost_nodeports:
+        return False
+    if not options.nodeport_addresses:
+        return True
+    nets = (ipaddress.ip_network(c, strict=False) for c in _of(options.nodeport_addresses, False))
+    return any(net.overlaps(_LOOPBACK4) for net in nets)
+
+
+@functools.lru_cache(maxsize=16)
 def _nodeport_destinations(options: RenderOptions, v6: bool) -> tuple[str, ...]:
-    """Destination matches that select NodePort traffic (one rule each)."""
-    if options.nodeport_addresses:
-        cidrs = _of(options.nodeport_addresses, v6)
-        return tuple(f"-d {c} -m addrtype --dst-type LOCAL" for c in cidrs)
-    loopback = "::1/128" if v6 else "127.0.0.0/8"
-    return (f"-m addrtype --dst-type LOCAL ! -d {loopback}",)
+    """Destination matches that select NodePort traffic (one rule each). Loopback is cut
+    out unless :func:`localhost_nodeports` (never for IPv6); one iptables rule takes one
+    ``-d``, so a CIDR around loopback becomes the CIDRs around it."""
+    loopback = _LOOPBACK6 if v6 else _LOOPBACK4
+    keep_loopback = not v6 and localhost_nodeports(options)
+    nets = [ipaddress.ip_network(c, strict=False) for c in _of(options.nodeport_addresses, v6)]
+    if not options.nodeport_addresses or any(net.prefixlen == 0 for net in nets):
+        cut = "" if keep_loopback else f" ! -d {loopback}"
+        return (f"-m addrtype --dst-type LOCAL{cut}",)
+    pieces: list[str] = []
+    for net in nets:
+        if keep_loopback or not net.overlaps(loopback):
+            pieces.append(str(net))
+        elif isinstance(net, ipaddress.IPv4Network) and net.prefixlen < _LOOPBACK4.prefixlen:
+            pieces += map(str, sorted(net.address_exclude(_LOOPBACK4)))
+        elif isinstance(net, ipaddress.IPv6Network) and net.prefixlen < _LOOPBACK6.prefixlen:
+            pieces += map(str, sorted(net.address_exclude(_LOOPBACK6)))
+    return tuple(f"-d {c} -m addrtype --dst-type LOCAL" for c in pieces)
 
 
 class Shared(NamedTuple):
@@ -479,6 +522,7 @@ class Jump:
 
 _NEW = "-m conntrack --ctstate NEW"
 JUMPS: tuple[Jump, ...] = (
+    Jump("filter", "INPUT", LOCALNET_FIREWALL, _comment("proxyd localnet firewall")),
     Jump("filter", "INPUT", FIREWALL, f"{_NEW} {_comment('proxyd load balancer firewall')}"),
     Jump("filter", "INPUT", NODEPORTS, _comment("proxyd health check service ports")),
     Jump("filter", "INPUT", EXTERNAL_SERVICES, f"{_NEW} {_comment('proxyd external services')}"),
@@ -486,6 +530,7 @@ JUMPS: tuple[Jump, ...] = (
     Jump("filter", "FORWARD", FORWARD, _comment("proxyd forwarding rules")),
     Jump("filter", "FORWARD", SERVICES, f"{_NEW} {_comment('proxyd service portals')}"),
     Jump("filter", "FORWARD", EXTERNAL_SERVICES, f"{_NEW} {_comment('proxyd external services')}"),
+    Jump("filter", "OUTPUT", LOCALNET_FIREWALL, _comment("proxyd localnet firewall")),
     Jump("filter", "OUTPUT", FIREWALL, f"{_NEW} {_comment('proxyd load balancer firewall')}"),
     Jump("filter", "OUTPUT", SERVICES, f"{_NEW} {_comment('proxyd service portals')}"),
     Jump("nat", "PREROUTING", SERVICES, _comment("proxyd service portals")),
@@ -494,15 +539,27 @@ JUMPS: tuple[Jump, ...] = (
 )
 
 
-def _static_rules(options: RenderOptions) -> Mapping[str, tuple[str, ...]]:
+def _static_rules(options: RenderOptions, v6: bool) -> Mapping[str, tuple[str, ...]]:
     """Rules of the static chains that are not shared with services."""
     m = options.mark
+    # route_localnet lets packets to 127.0.0.0/8 in from any link (CVE-2020-8558): only
+    # local ones, and replies or DNATed traffic conntrack knows, may reach loopback.
+    martians = (
+        (
+            f"-A {LOCALNET_FIREWALL} {_comment('proxyd: only local sources may reach loopback')}"
+            " -d 127.0.0.0/8 ! -s 127.0.0.0/8"
+            " -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+        )
+        if not v6 and localhost_nodeports(options)
+        else ()
+    )
     return {
         "filter": (
             f"-A {FORWARD} -m conntrack --ctstate INVALID -j DROP",
             f"-A {FORWARD} {_comment('proxyd forwarding rules')} -m mark --mark {m}/{m} -j ACCEPT",
             f"-A {FORWARD} {_comment('proxyd forwarding conntrack rule')}"
             " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            *martians,
         ),
         "nat": (
             f"-A {MARK_MASQ} -j MARK --or-mark {m}",
@@ -742,7 +799,7 @@ def render(
         totals = tuple(acc)
 
     tables = {name: _Table() for name in TABLES}
-    statics = _static_rules(options)
+    statics = _static_rules(options, v6)
     for name in TABLES:
         if full:
             tables[name].declare(_STATIC[name])

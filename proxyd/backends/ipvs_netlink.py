@@ -36,6 +36,7 @@ from proxyd.backends.ipvs import (
     SetService,
 )
 from proxyd.backends.ipvs_plan import SCHED_FLAGS, RealServer, SetSpec, VirtualServer, VsKey
+from proxyd.backends.sysctl import ProcSysctls
 from proxyd.errors import BackendError
 from proxyd.model import Protocol
 
@@ -469,7 +470,7 @@ class NetlinkIpvsClient:
         self._nf = _Socket(NETLINK_NETFILTER)
         self._rt = _Socket(NETLINK_ROUTE)
         self._maxelem = maxelem
-        self._sysctl_root = sysctl_root
+        self._sysctls = ProcSysctls(sysctl_root)
         self._index = 0
         self._sets: dict[str, SetSpec] = {}
 
@@ -482,11 +483,7 @@ class NetlinkIpvsClient:
         from pyroute2.netlink.exceptions import NetlinkError
 
         for path, value in sysctls.items():
-            try:
-                with open(os.path.join(self._sysctl_root, path), "w") as f:
-                    f.write(value)
-            except OSError as exc:
-                raise BackendError(f"cannot set sysctl {path}={value}: {exc}") from exc
+            self._sysctls.ensure(path, value)
         self._index = ensure_device(interface)
         self._sets = {s.name: s for s in sets}
         try:

@@ -102,6 +102,10 @@ def register(subparsers: Any) -> None:
                    help="addresses NodePorts answer on (default: all)")
     p.add_argument("--masquerade-all", dest="masquerade_all",
                    action=argparse.BooleanOptionalAction, help="SNAT all service traffic")
+    p.add_argument("--iptables-localhost-nodeports", dest="localhost_nodeports",
+                   action=argparse.BooleanOptionalAction,
+                   help="iptables mode: IPv4 NodePorts also answer on 127.0.0.1 (default on, "
+                   "as kube-proxy; sets net.ipv4.conf.all.route_localnet=1)")
     p.add_argument("--metrics-bind-address", dest="metrics_bind_address", metavar="IP:PORT",
                    help="default 127.0.0.1:10249; empty disables")
     p.add_argument("--healthz-bind-address", dest="healthz_bind_address", metavar="IP:PORT",
