@@ -11,8 +11,8 @@ through untouched, so rejection tests can use them too. Extra keyword arguments 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from proxyd.model import (
     AddressType,
@@ -33,6 +33,14 @@ from proxyd.model import (
     SliceEndpoint,
 )
 
+if TYPE_CHECKING:  # the daemon's types, imported only where a Syncer is built
+    from prometheus_client import CollectorRegistry
+
+    from proxyd.backends import Backend
+    from proxyd.commands.run import Syncer
+    from proxyd.runner import Clock
+    from proxyd.store import ClusterState
+
 __all__ = [
     "POOL_LABEL",
     "ZONE_LABEL",
@@ -40,6 +48,7 @@ __all__ = [
     "ep_obj",
     "eps",
     "list_obj",
+    "new_syncer",
     "node",
     "node_obj",
     "node_plan",
@@ -364,3 +373,35 @@ def node_plan(
 ) -> NodePlan:
     """A NodePlan of ``services`` sorted by key, as :func:`proxyd.plan.build_plan` returns it."""
     return NodePlan(node, tuple(sorted(services, key=lambda s: s.key)), tuple(addresses))
+
+
+def new_syncer(
+    state: ClusterState,
+    backend: Backend,
+    clock: Clock,
+    *,
+    node_name: str = "n1",
+    retry_after: Callable[[float], None] | None = None,
+    registry: CollectorRegistry | None = None,
+) -> Syncer:
+    """The daemon's Syncer with kube-proxy's default periods (30 s sync, 1 s first retry)
+    on ``clock``; ``retry_after`` receives the retry delays (default: dropped)."""
+    from prometheus_client import CollectorRegistry
+
+    from proxyd.commands.run import Syncer
+    from proxyd.health import ProxyHealth
+    from proxyd.metrics import Metrics
+    from proxyd.runner import Backoff
+
+    return Syncer(
+        state=state,
+        backend=backend,
+        node_name=node_name,
+        proxy_name="proxyd",
+        clock=clock,
+        sync_period=30.0,
+        metrics=Metrics(registry if registry is not None else CollectorRegistry()),
+        health=ProxyHealth(clock, 60.0),
+        backoff=Backoff(1.0, 30.0),
+        retry_after=retry_after if retry_after is not None else (lambda _: None),
+    )

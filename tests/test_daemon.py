@@ -27,14 +27,12 @@ from proxyd.backends.commands_runner import CompletedRun
 from proxyd.backends.iptables import Variant
 from proxyd.commands.run import Daemon, Shutdown, SyncAborted, Syncer, _iptables_cold
 from proxyd.config import Config
-from proxyd.health import ProxyHealth
-from proxyd.metrics import Metrics
 from proxyd.model import NodePlan, ServiceRef
-from proxyd.runner import Backoff, ManualClock
+from proxyd.runner import ManualClock
 from proxyd.sandbox.fakeapi import FakeApiServer
 from proxyd.sources.kube import InformerOptions, api_client
 from proxyd.store import ClusterState
-from tests.builders import ep_obj, eps, node, node_obj, slice_obj, svc, svc_obj
+from tests.builders import ep_obj, eps, new_syncer, node, node_obj, slice_obj, svc, svc_obj
 
 T = TypeVar("T")
 FAST = InformerOptions(request_timeout=5.0, watch_timeout=30, backoff_initial=0.05,
@@ -296,11 +294,7 @@ def test_healthz_body_reports_last_update(cluster) -> None:
 def syncer(backend: FakeBackend, clock: ManualClock, retries: list[float],
            registry: CollectorRegistry | None = None) -> tuple[Syncer, ClusterState]:
     state = ClusterState()
-    metrics = Metrics(registry if registry is not None else CollectorRegistry())
-    s = Syncer(state=state, backend=backend, node_name="n1", proxy_name="proxyd", clock=clock,
-               sync_period=30.0, metrics=metrics, health=ProxyHealth(clock, 60.0),
-               backoff=Backoff(1.0, 30.0), retry_after=retries.append)
-    return s, state
+    return new_syncer(state, backend, clock, retry_after=retries.append, registry=registry), state
 
 
 def test_full_sync_every_sync_period_and_after_own_node_changes() -> None:

@@ -12,14 +12,10 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
-from proxyd.backends import SyncResult
+from proxyd.backends import Backend, SyncResult
 from proxyd.backends.iptables import IptablesBackend, Variant
 from proxyd.backends.iptables_render import FamilyState, RenderOptions, render
-from proxyd.commands.run import Syncer
-from proxyd.health import ProxyHealth
-from proxyd.metrics import Metrics
 from proxyd.model import (
     ClusterSnapshot,
     EndpointSlice,
@@ -30,9 +26,9 @@ from proxyd.model import (
     TrafficPolicy,
 )
 from proxyd.plan import build_plan
-from proxyd.runner import Backoff, ManualClock
+from proxyd.runner import ManualClock
 from proxyd.store import ClusterState
-from tests.builders import eps, node, pool, port_spec, sep, svc
+from tests.builders import eps, new_syncer, node, pool, port_spec, sep, svc
 from tests.test_iptables_kernel_model import KernelRunner
 
 NODE = "n1"
@@ -131,30 +127,44 @@ steps = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(steps, max_size=40))
-def test_incremental_syncs_converge_to_the_plan_from_scratch(
+def play(
     sequence: list[tuple[str, Any]],
+    state: RacyState,
+    backend: Backend,
+    sync_failing: Callable[[str, Any], None],
 ) -> None:
-    clock, state, backend = ManualClock(), RacyState(), RenderingBackend()
-    s = Syncer(state=state, backend=backend, node_name=NODE, proxy_name="proxyd", clock=clock,
-               sync_period=30.0, metrics=Metrics(CollectorRegistry()),
-               health=ProxyHealth(clock, 60.0), backoff=Backoff(1.0, 30.0),
-               retry_after=lambda _: None)
+    """Run ``sequence`` through a Syncer (``sync_failing`` arms the backend's failure for
+    each sync step, and disarms it for ``("end", None)``), then two clean syncs: a write
+    raced into the last sync's snapshot is handed to the second."""
+    clock = ManualClock()
+    s = new_syncer(state, backend, clock, node_name=NODE)
     for kind, arg in sequence:
         if kind == "write":
             write(state, arg)
         elif kind == "race":
             state.racing.append(functools.partial(write, state, arg))
-        elif kind == "sync":
-            backend.fail = bool(arg)
-            s.sync()
-        else:
+        elif kind == "tick":
             clock.advance(float(arg))
+        else:
+            sync_failing(kind, arg)
+            s.sync()
     state.racing.clear()
-    backend.fail = False
+    sync_failing("end", None)
     s.sync()
-    s.sync()  # a write raced into the last sync's snapshot is handed to this one
+    s.sync()
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(steps, max_size=40))
+def test_incremental_syncs_converge_to_the_plan_from_scratch(
+    sequence: list[tuple[str, Any]],
+) -> None:
+    state, backend = RacyState(), RenderingBackend()
+
+    def sync_failing(kind: str, arg: Any) -> None:
+        backend.fail = kind == "sync" and bool(arg)
+
+    play(sequence, state, backend, sync_failing)
     expected = build_plan(state.snapshot(), NODE)
     assert backend.plan == expected
     fresh = render(expected, IPFamily.IPV4, OPTIONS, None, full=True).state
@@ -169,27 +179,13 @@ def test_daemon_syncs_leave_the_tables_a_fresh_node_would_get(
 ) -> None:
     """The same, end to end: Syncer → IptablesBackend → a model of the kernel's tables
     (refused restores are atomic, or commit filter before nat fails)."""
-    clock, state = ManualClock(), RacyState()
-    kernel = KernelRunner()
+    state, kernel = RacyState(), KernelRunner()
     backend = IptablesBackend(kernel, Variant.NFT, options=OPTIONS, families=(IPFamily.IPV4,))
-    s = Syncer(state=state, backend=backend, node_name=NODE, proxy_name="proxyd", clock=clock,
-               sync_period=30.0, metrics=Metrics(CollectorRegistry()),
-               health=ProxyHealth(clock, 60.0), backoff=Backoff(1.0, 30.0),
-               retry_after=lambda _: None)
-    for kind, arg in sequence:
-        if kind == "write":
-            write(state, arg)
-        elif kind == "race":
-            state.racing.append(functools.partial(write, state, arg))
-        elif kind in ("sync", "legacy_fail"):
-            kernel.fail = "nat" if kind == "legacy_fail" else "all" if arg else None
-            s.sync()
-        else:
-            clock.advance(float(arg))
-    state.racing.clear()
-    kernel.fail = None
-    s.sync()
-    s.sync()
+
+    def sync_failing(kind: str, arg: Any) -> None:
+        kernel.fail = "nat" if kind == "legacy_fail" else "all" if kind == "sync" and arg else None
+
+    play(sequence, state, backend, sync_failing)
     fresh = KernelRunner()
     IptablesBackend(fresh, Variant.NFT, options=OPTIONS, families=(IPFamily.IPV4,)).sync(
         build_plan(state.snapshot(), NODE), full=True)

@@ -32,16 +32,20 @@ def server() -> Iterator[FakeApiServer]:
 
 
 @pytest.fixture
-def sources(server: FakeApiServer, tmp_path: Path) -> Iterator[Callable[[ClusterState], None]]:
-    """Starts informers into a store (once synced); all stopped at teardown."""
+def sources(server: FakeApiServer, tmp_path: Path) -> Iterator[Callable[[], ClusterState]]:
+    """Starts informers into a new store and returns it once synced, its changes so far
+    checked out (what a first sync takes); all stopped at teardown."""
     started: list[tuple[KubeSources, Any]] = []
 
-    def start(state: ClusterState) -> None:
+    def start() -> ClusterState:
+        state = ClusterState()
         client = api_client(server.write_kubeconfig(tmp_path / "kubeconfig"))
         src = KubeSources(client, state, options=FAST)
         src.start()
         started.append((src, client))
         eventually(src.has_synced)
+        state.checkout()
+        return state
 
     yield start
     for src, client in started:
@@ -57,26 +61,22 @@ def eventually(check: Callable[[], object], timeout: float = 5.0) -> None:
 
 
 def test_a_slice_moving_to_another_service_replans_both(
-    server: FakeApiServer, sources: Callable[[ClusterState], None]
+    server: FakeApiServer, sources: Callable[[], ClusterState]
 ) -> None:
     server.apply(svc_obj("web"))
     server.apply(svc_obj("api", cluster_ip="10.96.0.11"))
     server.apply(slice_obj("web", ["10.244.1.2"], name="shared"))
-    state = ClusterState()
-    sources(state)
-    state.checkout()
+    state = sources()
     server.apply(slice_obj("api", ["10.244.1.2"], name="shared"))
     eventually(lambda: state.snapshot().slices[("default", "shared")].service == API)
     assert state.checkout().endpoints == {WEB, API}
 
 
 def test_service_recreated_while_the_watch_was_down_is_a_change(
-    server: FakeApiServer, sources: Callable[[ClusterState], None]
+    server: FakeApiServer, sources: Callable[[], ClusterState]
 ) -> None:
     server.apply(svc_obj("web"))
-    state = ClusterState()
-    sources(state)
-    state.checkout()
+    state = sources()
     eventually(lambda: server.active_watches("services"))
     server.drop_watches("services")
     server.delete("Service", "web", "default")
@@ -86,13 +86,11 @@ def test_service_recreated_while_the_watch_was_down_is_a_change(
 
 
 def test_a_slice_leaving_the_selector_leaves_the_store(
-    server: FakeApiServer, sources: Callable[[ClusterState], None]
+    server: FakeApiServer, sources: Callable[[], ClusterState]
 ) -> None:
     server.apply(svc_obj("web"))
     server.apply(slice_obj("web", ["10.244.1.2"]))
-    state = ClusterState()
-    sources(state)
-    state.checkout()
+    state = sources()
     server.apply(slice_obj("web", ["10.244.1.2"],
                            labels={"service.kubernetes.io/headless": ""}))
     eventually(lambda: not state.snapshot().slices)
@@ -100,13 +98,11 @@ def test_a_slice_leaving_the_selector_leaves_the_store(
 
 
 def test_objects_listed_again_after_410_are_no_change(
-    server: FakeApiServer, sources: Callable[[ClusterState], None]
+    server: FakeApiServer, sources: Callable[[], ClusterState]
 ) -> None:
     server.apply(svc_obj("web"))
     server.apply(slice_obj("web", ["10.244.1.2"]))
-    state = ClusterState()
-    sources(state)
-    state.checkout()
+    state = sources()
     server.stop()
     server.apply(node_obj("node-z"))  # moves the version on, then history is compacted
     server.compact()

@@ -9,16 +9,11 @@ from __future__ import annotations
 import itertools
 import threading
 
-from prometheus_client import CollectorRegistry
-
 from proxyd.backends import SyncResult
-from proxyd.commands.run import Syncer
-from proxyd.health import ProxyHealth
-from proxyd.metrics import Metrics
 from proxyd.model import NodePlan
-from proxyd.runner import Backoff, BoundedFrequencyRunner, ManualClock
+from proxyd.runner import BoundedFrequencyRunner, ManualClock
 from proxyd.store import ClusterState
-from tests.builders import node, svc
+from tests.builders import new_syncer, node, svc
 
 
 class SlowBackend:
@@ -46,10 +41,7 @@ def test_idle_periodic_resync_is_full_every_sync_period() -> None:
     state.set_node(node("n1"))
     state.set_service(svc("web"))
     runner: BoundedFrequencyRunner
-    syncer = Syncer(state=state, backend=backend, node_name="n1", proxy_name="proxyd",
-                    clock=clock, sync_period=30.0, metrics=Metrics(CollectorRegistry()),
-                    health=ProxyHealth(clock, 60.0), backoff=Backoff(1.0, 30.0),
-                    retry_after=lambda s: runner.retry_after(s))
+    syncer = new_syncer(state, backend, clock, retry_after=lambda s: runner.retry_after(s))
     runner = BoundedFrequencyRunner(syncer.sync, min_interval=1.0, max_interval=30.0,
                                     clock=clock, burst=2)
     runner.request()

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry
-
 from proxyd.backends import SyncResult
 from proxyd.commands.run import Syncer
-from proxyd.health import ProxyHealth
-from proxyd.metrics import Metrics
 from proxyd.model import ClusterSnapshot, NodePlan, ServiceRef
 from proxyd.plan import build_plan
-from proxyd.runner import Backoff, ManualClock
+from proxyd.runner import ManualClock
 from proxyd.store import ClusterState
-from tests.builders import eps, node, svc
+from tests.builders import eps, new_syncer, node, svc
 
 WEB = ServiceRef("default", "web")
 
@@ -52,21 +48,19 @@ class LastPlan:
         raise AssertionError("not called")
 
 
-def syncer(state: ClusterState, backend: LastPlan) -> Syncer:
-    clock = ManualClock()
-    return Syncer(state=state, backend=backend, node_name="n1", proxy_name="proxyd",
-                  clock=clock, sync_period=30.0, metrics=Metrics(CollectorRegistry()),
-                  health=ProxyHealth(clock, 60.0), backoff=Backoff(1.0, 30.0),
-                  retry_after=lambda _: None)
-
-
-def test_slice_write_between_checkout_and_snapshot_then_undone_is_replanned() -> None:
+def synced_web() -> tuple[RacyState, LastPlan, Syncer]:
+    """Node n1 serving ``web`` (one endpoint), synced once."""
     state, backend = RacyState(), LastPlan()
-    s = syncer(state, backend)
+    s = new_syncer(state, backend, ManualClock())
     state.set_node(node("n1"))
     state.set_service(svc("web"))
     state.set_slice(eps("web", ["10.244.1.2"]))
     s.sync()
+    return state, backend, s
+
+
+def test_slice_write_between_checkout_and_snapshot_then_undone_is_replanned() -> None:
+    state, backend, s = synced_web()
     state.set_slice(eps("web", ["10.244.1.3"]))
     state.before_snapshot = lambda: state.set_slice(eps("web", ["10.244.1.4"]))
     s.sync()  # planned with .4 (in the snapshot); .3 -> .4 still pending
@@ -78,12 +72,7 @@ def test_slice_write_between_checkout_and_snapshot_then_undone_is_replanned() ->
 
 
 def test_service_write_between_checkout_and_snapshot_then_undone_is_replanned() -> None:
-    state, backend = RacyState(), LastPlan()
-    s = syncer(state, backend)
-    state.set_node(node("n1"))
-    state.set_service(svc("web"))
-    state.set_slice(eps("web", ["10.244.1.2"]))
-    s.sync()
+    state, backend, s = synced_web()
     state.set_service(svc("web", cluster_ips=("10.96.0.20",)))
     state.before_snapshot = lambda: state.set_service(svc("web", cluster_ips=("10.96.0.30",)))
     s.sync()
