@@ -79,7 +79,7 @@ class Metrics:
             "Failed iptables-restore runs of partial syncs.", registry=r)
         self.sync_failures = Counter(
             "proxyd_sync_failures_total",
-            "Syncs the backend refused, by mode (full|partial); any backend.",
+            "Failed syncs (refused by the backend, or an internal error), by mode (full|partial).",
             ["mode"], registry=r)
         self.rules = Gauge(
             "proxyd_programmed_rules",

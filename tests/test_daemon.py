@@ -316,6 +316,58 @@ def test_full_sync_every_sync_period_and_after_own_node_changes() -> None:
     assert [full for _, full in backend.syncs] == [True, False, True, False, True]
 
 
+@dataclass
+class CrashingBackend(FakeBackend):
+    """Raises what no backend should (a bug) on the next ``crashes`` syncs."""
+
+    crashes: int = 0
+
+    def sync(self, plan: NodePlan, *, full: bool) -> SyncResult:
+        if self.crashes:
+            self.crashes -= 1
+            raise RuntimeError("bug in a backend")
+        return super().sync(plan, full=full)
+
+
+def test_a_crashing_sync_is_a_failed_sync_retried_not_the_end_of_the_daemon() -> None:
+    clock, backend, retries = ManualClock(), CrashingBackend(crashes=1), []
+    registry = CollectorRegistry()
+    s, state = syncer(backend, clock, retries, registry)
+    state.set_service(svc("web"))
+    s.sync()  # raises inside; must not escape
+    assert retries == [1.0]
+    assert registry.get_sample_value("proxyd_sync_failures_total", {"mode": "full"}) == 1
+    s.sync()
+    assert [full for _, full in backend.syncs] == [True]
+    assert backend.syncs[0][0] == {ServiceRef("default", "web")}
+
+
+def test_changes_checked_out_by_a_sync_that_crashed_in_planning_are_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import proxyd.commands.run as run_module
+
+    clock, backend, retries = ManualClock(), FakeBackend(), []
+    s, state = syncer(backend, clock, retries)
+    state.set_service(svc("web"))
+    state.set_service(svc("api", cluster_ips=("10.96.0.11",)))
+    s.sync()
+    state.set_slice(eps("web", ["10.244.1.2"]))  # checked out by the sync that crashes
+    real = run_module.build_plan
+
+    def crash_once(*args: object, **kwargs: object) -> NodePlan:
+        monkeypatch.setattr(run_module, "build_plan", real)
+        raise RuntimeError("bug in the planner")
+
+    monkeypatch.setattr(run_module, "build_plan", crash_once)
+    s.sync()
+    s.sync()
+    plan = backend.last()
+    assert plan is not None
+    web = next(sp for sp in plan.services if sp.key.service == ServiceRef("default", "web"))
+    assert {e.ip for e in web.internal} == {"10.244.1.2"}
+
+
 def test_failure_forces_full_and_schedules_backoff() -> None:
     clock, backend, retries = ManualClock(), FakeBackend(fail=True), []
     s, state = syncer(backend, clock, retries)

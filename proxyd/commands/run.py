@@ -304,7 +304,22 @@ class Syncer:
         """True while a sync (or the cold-start priming) is talking to the backend."""
 
     def sync(self) -> None:
+        """One sync; an unexpected exception (a bug, not bad input: that is rejected
+        earlier) counts as a failed full sync and is retried with backoff, everything
+        re-planned because the changes it checked out are gone with it. The daemon stays
+        up, keeps its watches and the rules already programmed, and says so."""
         start = self._clock.monotonic()
+        try:
+            self._sync(start)
+        except Exception as exc:  # the loop must outlive a bug in one sync
+            log.exception("sync crashed: %r; everything is re-planned on the retry", exc)
+            self._plan = None  # its checked-out changes are lost: plan from scratch
+            result = SyncResult(ok=False, full=True, error=f"internal error: {exc!r}")
+            self._metrics.observe_sync(full=True, ok=False, finished_at=self._clock.time(),
+                                       duration=self._clock.monotonic() - start, rules={})
+            self._failed(True, result)
+
+    def _sync(self, start: float) -> None:
         changes = self._state.checkout()
         for ref, at in changes.trigger_times.items():
             self._triggers[ref] = min(at, self._triggers.get(ref, at))
