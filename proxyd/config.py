@@ -8,6 +8,8 @@ fall back to a default). proxyd's own fields (``proxyName``, ``iptablesBackend``
 ``logFormat``, ``logLevel``; ``interface`` in the ``ipvs`` section) sit beside them.
 ``ipvs.strictARP`` means what it means to kube-proxy: in IPVS mode the node stops
 answering ARP for addresses it holds only on the IPVS device (MetalLB's L2 mode needs it).
+The ``conntrack`` section tunes the node's connection tracking at start as kube-proxy's
+does (``proxyd.conntrack_tuning``); 0 in any of its fields leaves that setting alone.
 Durations use Go's spelling (``30s``, ``1m30s``, ``500ms``), as in kube-proxy's file.
 """
 
@@ -88,6 +90,14 @@ class Config:
     iptables_backend: IptablesBackendChoice = IptablesBackendChoice.AUTO
     log_format: LogFormat = LogFormat.TEXT
     log_level: str = "info"
+    # kube-proxy's conntrack section and defaults; 0 leaves the kernel's value alone
+    conntrack_max_per_core: int = 32768
+    conntrack_min: int = 131072
+    conntrack_tcp_timeout_established: float = 86400.0
+    conntrack_tcp_timeout_close_wait: float = 3600.0
+    conntrack_tcp_be_liberal: bool = False
+    conntrack_udp_timeout: float = 0.0
+    conntrack_udp_timeout_stream: float = 0.0
 
 
 # --- durations and addresses -----------------------------------------------------------
@@ -190,10 +200,19 @@ _IPVS = {
     "minSyncPeriod": "ipvs.min_sync_period",
 }
 _CLIENT_CONNECTION = {"kubeconfig": "kubeconfig"}
+_CONNTRACK = {
+    "maxPerCore": "conntrack_max_per_core",
+    "min": "conntrack_min",
+    "tcpEstablishedTimeout": "conntrack_tcp_timeout_established",
+    "tcpCloseWaitTimeout": "conntrack_tcp_timeout_close_wait",
+    "tcpBeLiberal": "conntrack_tcp_be_liberal",
+    "udpTimeout": "conntrack_udp_timeout",
+    "udpStreamTimeout": "conntrack_udp_timeout_stream",
+}
 # KubeProxyConfiguration fields proxyd accepts but does not implement (reported).
 _IGNORED_TOP = frozenset({
     "bindAddress", "bindAddressHardFail", "configSyncPeriod",
-    "conntrack", "detectLocal", "detectLocalMode", "enableProfiling", "featureGates",
+    "detectLocal", "detectLocalMode", "enableProfiling", "featureGates",
     "logging", "nftables", "oomScoreAdj", "portRange", "showHiddenMetricsForVersion",
     "winkernel", "windowsRunAsService", "linux",
 })
@@ -202,8 +221,12 @@ _IGNORED_IPVS = frozenset({
     "excludeCIDRs", "tcpTimeout", "tcpFinTimeout", "udpTimeout",
 })
 _IGNORED_CLIENT = frozenset({"acceptContentTypes", "burst", "contentType", "qps"})
+# ``max``: kube-proxy's absolute limit, removed long ago; old files still carry it
+_IGNORED_CONNTRACK = frozenset({"max"})
 # Keys that are structure, not settings: the type header and the sections read below.
-_STRUCTURE = frozenset({"apiVersion", "kind", "iptables", "ipvs", "clientConnection"})
+_STRUCTURE = frozenset({
+    "apiVersion", "kind", "iptables", "ipvs", "clientConnection", "conntrack",
+})
 
 
 def load_file(path: str) -> tuple[dict[str, Any], list[str]]:
@@ -226,6 +249,7 @@ def load_file(path: str) -> tuple[dict[str, Any], list[str]]:
         ("iptables", _IPTABLES, _IGNORED_IPTABLES),
         ("ipvs", _IPVS, _IGNORED_IPVS),
         ("clientConnection", _CLIENT_CONNECTION, _IGNORED_CLIENT),
+        ("conntrack", _CONNTRACK, _IGNORED_CONNTRACK),
     ):
         sub = doc.get(section)
         if sub is not None:
@@ -313,7 +337,20 @@ def _convert(key: str, value: Any) -> Any:
     match key:
         case "sync_period" | "min_sync_period":
             return value if isinstance(value, float) else parse_duration(str(value), where=key)
-        case "masquerade_all" | "ipvs_strict_arp" | "localhost_nodeports":
+        case (
+            "conntrack_tcp_timeout_established" | "conntrack_tcp_timeout_close_wait"
+            | "conntrack_udp_timeout" | "conntrack_udp_timeout_stream"
+        ):
+            return _conntrack_timeout(key, value)
+        case "conntrack_max_per_core" | "conntrack_min":
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+                raise InputError("configuration", key, f"{value!r} is not an integer >= 0",
+                                 reason="bad_value")
+            return value
+        case (
+            "masquerade_all" | "ipvs_strict_arp" | "localhost_nodeports"
+            | "conntrack_tcp_be_liberal"
+        ):
             if not isinstance(value, bool):
                 raise InputError("configuration", key, f"{value!r} is not a boolean",
                                  reason="bad_value")
@@ -337,6 +374,17 @@ def _convert(key: str, value: Any) -> Any:
             return str(value).lower()
         case _:
             return None if value is None else str(value)
+
+
+def _conntrack_timeout(key: str, value: Any) -> float:
+    """A conntrack timeout: 0 (leave the kernel's alone) or whole seconds, as the kernel
+    counts them (a fraction is dropped, as kube-proxy does). Below 1s is refused: kube-proxy
+    would write 0, which expires every such connection at once."""
+    seconds = value if isinstance(value, float) else parse_duration(str(value), where=key)
+    if 0 < seconds < 1:
+        raise InputError("configuration", key, f"{value!r} must be 0 (leave as is) or >= 1s",
+                         reason="bad_value")
+    return float(int(seconds))
 
 
 def _validate(cfg: Config) -> None:

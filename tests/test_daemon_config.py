@@ -126,7 +126,6 @@ def test_kube_proxy_file_maps_and_reports_ignored_fields(tmp_path: Path) -> None
     )
     assert {n.split(": ", 1)[1] for n in notes} == {
         "clientConnection.qps is not implemented by proxyd; ignored",
-        "conntrack is not implemented by proxyd; ignored",
     }
 
 
@@ -246,7 +245,7 @@ def run_parser() -> argparse.ArgumentParser:
 def test_every_run_flag_is_a_config_field() -> None:
     dests = {a.dest for a in run_parser()._actions if a.option_strings} - {"help", "config"}
     assert dests <= {f.name for f in dataclasses.fields(Config)}
-    assert len(dests) == 18
+    assert len(dests) == 25
 
 
 def test_flags_parse_and_override_the_file(tmp_path: Path) -> None:
@@ -262,7 +261,7 @@ def test_flags_parse_and_override_the_file(tmp_path: Path) -> None:
     assert cfg.nodeport_addresses == ("10.0.0.0/8",)
     assert cfg.ipvs_scheduler == "wlc"  # from the file: not given as a flag
     assert cfg.log_level == "debug"
-    assert len(notes) == 2
+    assert len(notes) == 1
 
 
 def test_ipvs_interface_comes_from_the_ipvs_section_and_the_flag_wins(tmp_path: Path) -> None:
@@ -326,3 +325,96 @@ def test_localhost_nodeports_must_be_a_boolean(tmp_path: Path) -> None:
     values, _ = load_file(write(tmp_path, "iptables:\n  localhostNodePorts: 'yes'\n"))
     with pytest.raises(InputError, match="not a boolean"):
         resolve(values, {}, env={"NODE_NAME": "n"})
+
+
+# --- conntrack (kube-proxy's section, applied at start by proxyd.conntrack_tuning) ------------
+
+CONNTRACK_FILE = """\
+conntrack:
+  max: null
+  maxPerCore: 65536
+  min: 262144
+  tcpEstablishedTimeout: 2h0m0s
+  tcpCloseWaitTimeout: 0s
+  tcpBeLiberal: true
+  udpTimeout: 30s
+  udpStreamTimeout: 2m
+"""
+
+
+def conntrack_of(cfg: Config) -> dict[str, object]:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(Config)
+            if f.name.startswith("conntrack_")}
+
+
+def test_conntrack_defaults_are_kube_proxys() -> None:
+    assert conntrack_of(resolve({}, {}, env={"NODE_NAME": "n"})) == {
+        "conntrack_max_per_core": 32768,
+        "conntrack_min": 131072,
+        "conntrack_tcp_timeout_established": 86400.0,
+        "conntrack_tcp_timeout_close_wait": 3600.0,
+        "conntrack_tcp_be_liberal": False,
+        "conntrack_udp_timeout": 0.0,
+        "conntrack_udp_timeout_stream": 0.0,
+    }
+
+
+def test_conntrack_section_maps_and_only_max_is_ignored(tmp_path: Path) -> None:
+    values, notes = load_file(write(tmp_path, CONNTRACK_FILE))
+    assert [n.split(": ", 1)[1] for n in notes] == [
+        "conntrack.max is not implemented by proxyd; ignored"]
+    assert conntrack_of(resolve(values, {}, env={"NODE_NAME": "n"})) == {
+        "conntrack_max_per_core": 65536,
+        "conntrack_min": 262144,
+        "conntrack_tcp_timeout_established": 7200.0,
+        "conntrack_tcp_timeout_close_wait": 0.0,
+        "conntrack_tcp_be_liberal": True,
+        "conntrack_udp_timeout": 30.0,
+        "conntrack_udp_timeout_stream": 120.0,
+    }
+
+
+def test_conntrack_flags_are_kube_proxys_and_override_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, CONNTRACK_FILE)
+    args = build_parser().parse_args([
+        "run", "--config", path, "--conntrack-max-per-core", "0", "--conntrack-min", "1",
+        "--conntrack-tcp-timeout-established", "1h30m",
+        "--conntrack-tcp-timeout-close-wait", "60s", "--no-conntrack-tcp-be-liberal",
+        "--conntrack-udp-timeout", "0", "--conntrack-udp-timeout-stream", "3m",
+    ])
+    assert conntrack_of(config_from_args(args, {"NODE_NAME": "n"})[0]) == {
+        "conntrack_max_per_core": 0,
+        "conntrack_min": 1,
+        "conntrack_tcp_timeout_established": 5400.0,
+        "conntrack_tcp_timeout_close_wait": 60.0,
+        "conntrack_tcp_be_liberal": False,
+        "conntrack_udp_timeout": 0.0,
+        "conntrack_udp_timeout_stream": 180.0,
+    }
+
+
+def test_conntrack_timeouts_drop_fractions_as_kube_proxy() -> None:
+    cfg = resolve({}, {"conntrack_tcp_timeout_close_wait": "90.9s"}, env={"NODE_NAME": "n"})
+    assert cfg.conntrack_tcp_timeout_close_wait == 90.0
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        pytest.param("conntrack_tcp_timeout_established", "500ms", ">= 1s",
+                     id="sub-second-would-write-0"),
+        pytest.param("conntrack_udp_timeout", "-1s", "duration", id="negative-timeout"),
+        pytest.param("conntrack_max_per_core", -1, "integer >= 0", id="negative-per-core"),
+        pytest.param("conntrack_min", "131072", "integer >= 0", id="min-as-string"),
+        pytest.param("conntrack_min", True, "integer >= 0", id="min-as-bool"),
+        pytest.param("conntrack_tcp_be_liberal", "yes", "not a boolean", id="liberal-not-bool"),
+    ],
+)
+def test_bad_conntrack_values_are_refused(key: str, value: object, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        resolve({key: value}, {}, env={"NODE_NAME": "n"})
+
+
+def test_conntrack_int_flags_must_be_integers() -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--conntrack-min", "lots"])

@@ -149,6 +149,19 @@ def test_configmap_config_is_accepted_by_proxyd(tmp_path: Path) -> None:
     assert cfg.metrics_bind_address == "0.0.0.0:10249"  # scrapeable, as annotated
 
 
+def test_example_config_names_every_field_proxyd_reads() -> None:
+    """docs/deploy.md calls systemd/config.yaml the example with every field."""
+    from proxyd import config
+
+    values, notes = load_file(str(ROOT / "systemd" / "config.yaml"))
+    every = set()
+    for table in (config._TOP, config._IPTABLES, config._IPVS, config._CLIENT_CONNECTION,
+                  config._CONNTRACK):
+        every |= set(table.values())
+    assert notes == []
+    assert every - set(values) == {"node_name"}  # hostnameOverride: shown commented out
+
+
 # --- Dockerfile -------------------------------------------------------------------------
 
 

@@ -121,7 +121,29 @@ def register(subparsers: Any) -> None:
     p.add_argument("--log-format", dest="log_format", choices=[f.value for f in LogFormat])
     p.add_argument("--log-level", dest="log_level",
                    choices=("debug", "info", "warning", "error"))
+    _conntrack_flags(p)
     p.set_defaults(handler=_run)
+
+
+def _conntrack_flags(p: argparse.ArgumentParser) -> None:
+    """kube-proxy's conntrack flags, same names and meaning: applied once at start."""
+    p.add_argument("--conntrack-max-per-core", dest="conntrack_max_per_core", type=int,
+                   metavar="N", help="nf_conntrack_max is N x CPUs (at most 1048576) but at "
+                   "least --conntrack-min, only ever raised (default 32768; 0 leaves it alone)")
+    p.add_argument("--conntrack-min", dest="conntrack_min", type=int, metavar="N",
+                   help="lower bound of nf_conntrack_max (default 131072)")
+    for flag, dest, default in (
+        ("tcp-timeout-established", "conntrack_tcp_timeout_established", "24h; 0: leave"),
+        ("tcp-timeout-close-wait", "conntrack_tcp_timeout_close_wait", "1h; 0: leave"),
+        ("udp-timeout", "conntrack_udp_timeout", "0: leave"),
+        ("udp-timeout-stream", "conntrack_udp_timeout_stream", "0: leave"),
+    ):
+        p.add_argument(f"--conntrack-{flag}", dest=dest, metavar="DURATION",
+                       help=f"nf_conntrack_{flag.replace('-', '_')} (default {default} it "
+                       "as it is)")
+    p.add_argument("--conntrack-tcp-be-liberal", dest="conntrack_tcp_be_liberal",
+                   action=argparse.BooleanOptionalAction,
+                   help="set nf_conntrack_tcp_be_liberal=1 (default: leave it alone)")
 
 
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Config, list[str]]:
@@ -134,12 +156,14 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[
 
 
 def _run(args: argparse.Namespace) -> int:
+    from proxyd.conntrack_tuning import tune_at_start
     from proxyd.sources.kube import api_client
 
     cfg, notes = config_from_args(args, os.environ)
     setup(cfg.log_format, cfg.log_level)
     for note in notes:
         log.warning(note)
+    tune_at_start(cfg)  # as kube-proxy, before any rule; a failure is only a warning
     backend, cold = make_backend(cfg)
     daemon = Daemon(cfg, backend, client=api_client(cfg.kubeconfig), cold=cold)
     _relax_gc_until(daemon.syncer.synced_once)
