@@ -122,8 +122,10 @@ class Proxy:
     variant: Variant
     node: Node
 
-    def sync(self, *services: ServicePlan, full: bool = True) -> SyncResult:
-        result = self.backend.sync(node_plan(*services), full=full)
+    def sync(
+        self, *services: ServicePlan, full: bool = True, addresses: Sequence[str] = ()
+    ) -> SyncResult:
+        result = self.backend.sync(node_plan(*services, addresses=addresses), full=full)
         assert result.ok, f"{result.error}\n{result.detail}"
         return result
 
@@ -307,6 +309,40 @@ def test_load_balancer_source_ranges_admit_and_deny(
 
 
 @pytest.mark.parametrize("proto", PROTOCOLS)
+def test_node_reaches_its_own_firewalled_lb_ip_when_the_ranges_admit_it(
+    cluster: Cluster, proxy: Proxy, proto: Protocol
+) -> None:
+    """A VIP-like LB IP local to the node: the node's requests to it leave with the LB IP
+    as source. Admitted when the ranges hold the node's address (as kube-proxy), still
+    dropped when they do not."""
+    node = cluster.node1
+    admitted = service(
+        "lb-own",
+        "10.96.1.13",
+        proto,
+        [cluster.a],
+        load_balancer_ips=("192.0.2.22",),
+        load_balancer_source_ranges=("10.254.0.0/24",),  # holds node 1's 10.254.0.1
+    )
+    denied = service(
+        "lb-own-out",
+        "10.96.1.14",
+        proto,
+        [cluster.a],
+        load_balancer_ips=("192.0.2.23",),
+        load_balancer_source_ranges=("198.51.100.0/24",),
+    )
+    node.ip_batch("addr add 192.0.2.22/32 dev lb0", "addr add 192.0.2.23/32 dev lb0")
+    try:
+        proxy.sync(admitted, denied, addresses=("10.254.0.1",))
+        answers = node.probe(p(proto), "192.0.2.22", 80, count=3)
+        assert errors_of(answers) == {None} and pods_of(answers) == {"a"}
+        assert errors_of(node.probe(p(proto), "192.0.2.23", 80, timeout=0.5)) == {"timeout"}
+    finally:
+        node.ip_batch("addr del 192.0.2.22/32 dev lb0", "addr del 192.0.2.23/32 dev lb0")
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
 def test_external_traffic_policy_local(cluster: Cluster, proxy: Proxy, proto: Protocol) -> None:
     local = service(
         "local",
@@ -334,6 +370,32 @@ def test_external_traffic_policy_local(cluster: Cluster, proxy: Proxy, proto: Pr
     assert errors_of(dropped) == {"timeout"}
     inside = cluster.node1.probe(p(proto), "10.96.1.9", 80, count=3)
     assert pods_of(inside) == {"c"}
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_etp_local_short_circuits_pods_and_the_node_to_every_endpoint(
+    cluster: Cluster, proxy: Proxy, proto: Protocol
+) -> None:
+    """As kube-proxy's EXT chain: traffic from this node's pods and from the node itself
+    to an external destination of an eTP=Local service skips the policy and goes to the
+    cluster-wide endpoints, even with no local endpoint (the client's is dropped)."""
+    remote_only = service(
+        "short",
+        "10.96.1.15",
+        proto,
+        [cluster.c],
+        node_port=30115,
+        external_ips=("192.0.2.15",),
+        external_traffic_policy=TrafficPolicy.LOCAL,
+    )
+    proxy.sync(replace(remote_only, external=()))
+    from_pod = cluster.a.probe(p(proto), "192.0.2.15", 80, count=3)
+    assert {(a.pod, a.source) for a in from_pod} == {("c", cluster.a.ip)}
+    from_node = cluster.node1.probe(p(proto), cluster.client.gateway, 30115, count=3)
+    assert errors_of(from_node) == {None} and pods_of(from_node) == {"c"}
+    assert {a.source for a in from_node} <= NODE1_ADDRESSES
+    outside = cluster.client.probe(p(proto), "192.0.2.15", 80, timeout=0.5)
+    assert errors_of(outside) == {"timeout"}
 
 
 # --- localhost NodePorts (kube-proxy's iptables.localhostNodePorts) -----------------------

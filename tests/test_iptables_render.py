@@ -270,6 +270,22 @@ def test_internal_traffic_policy_local_uses_svl_for_cluster_ips() -> None:
     assert render_service(s, V4, CIDR).chains[0] == svl
 
 
+def test_internal_traffic_policy_local_without_local_endpoint_rejects_cluster_ips() -> None:
+    """Deliberate (docs/decisions.md): kube-proxy DROPs here, proxyd REJECTs; external
+    destinations still reach the cluster-wide endpoints (eTP=Cluster)."""
+    s = sp(
+        internal=[],
+        external=[ep("10.244.2.2")],
+        node_port=30080,
+        internal_traffic_policy=TrafficPolicy.LOCAL,
+    )
+    (reject,) = shared(s, "filter_services")
+    assert reject.endswith("-d 10.96.0.10 --dport 80 -j REJECT")
+    assert shared(s, "filter_external") == []
+    assert shared(s, "nat_nodeports")[0].endswith(f"--dport 30080 -j {EXT_WEB}")
+    assert f"-A {EXT_WEB} -j {SVC_WEB}" in nat(s)
+
+
 @pytest.mark.parametrize(
     ("options", "masq"),
     [
@@ -312,6 +328,44 @@ def test_load_balancer_source_ranges_admit_via_fw_chain_and_drop_in_filter() -> 
     # IPv6: ranges of the other family admit nothing; the LB IP is still firewalled.
     assert [r for r in nat(s, V6) if r.startswith(f"-A {fw}")] == []
     assert shared(s, "filter_firewall", V6)[0].endswith("-d 2001:db8::20 --dport 80 -j DROP")
+
+
+@pytest.mark.parametrize(
+    ("addresses", "admitted"),
+    [
+        pytest.param(("203.0.113.7", "2001:db8::7"), True, id="ranges-hold-the-node"),
+        pytest.param(("198.51.100.7",), False, id="ranges-miss-the-node"),
+        pytest.param((), False, id="node-addresses-unknown"),
+    ],
+)
+def test_source_ranges_holding_the_node_admit_its_own_lb_ip_source(
+    addresses: tuple[str, ...], admitted: bool
+) -> None:
+    """kube-proxy: when the ranges hold the node IP, traffic whose source is the LB IP
+    itself is admitted too (a node reaching an LB IP that is local to it)."""
+    s = sp(
+        internal=[ep("10.244.1.2")],
+        load_balancer_ips=("192.0.2.20", "192.0.2.21"),
+        load_balancer_source_ranges=("203.0.113.0/24",),
+    )
+    fw = chain_name("PROXYD-FW-", "default", "web", "http", "TCP")
+    ext = chain_name("PROXYD-EXT-", "default", "web", "http", "TCP")
+    text = render(node_plan(s, addresses=addresses), V4, CIDR).text
+    sources = [r.split(" -s ")[1] for r in lines(text, fw)]
+    own = [f"192.0.2.20 -j {ext}", f"192.0.2.21 -j {ext}"]
+    assert sources == [f"203.0.113.0/24 -j {ext}", *(own if admitted else [])]
+
+
+def test_changed_node_addresses_rerender_the_firewall_chain() -> None:
+    s = sp(
+        internal=[ep("10.244.1.2")],
+        load_balancer_ips=("192.0.2.20",),
+        load_balancer_source_ranges=("203.0.113.0/24",),
+    )
+    first = render(node_plan(s), V4, CIDR)
+    moved = render(node_plan(s, addresses=("203.0.113.7",)), V4, CIDR, first.state)
+    assert moved.full and "-s 192.0.2.20 -j PROXYD-EXT-" in moved.text
+    assert render(node_plan(s, addresses=("203.0.113.7",)), V4, CIDR, moved.state).text == ""
 
 
 def test_load_balancer_without_ranges_goes_straight_to_ext() -> None:

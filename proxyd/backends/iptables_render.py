@@ -44,7 +44,9 @@ Decisions where kube-proxy's behaviour needed a choice:
   :func:`localhost_nodeports`), on IPv6 loopback never. A CIDR that holds loopback but
   loopback is excluded is split around it; ``0.0.0.0/0`` and ``::/0`` mean "all".
 - ``loadBalancerSourceRanges`` of the other family admit nothing: an LB IP of a family
-  without ranges of its own is closed, not open.
+  without ranges of its own is closed, not open. Ranges that hold one of the node's
+  addresses (``NodePlan.node_addresses``) also admit the LB IPs as sources, as kube-proxy
+  does for its node IP: the node's own requests to an LB IP that is local to it.
 - Only the first ``--cluster-cidr`` of each family decides masquerading (one ``! -s``).
 - Comments are dropped from per-endpoint rules once the plan has more than
   :data:`COMMENT_ENDPOINT_LIMIT` cluster endpoints (both families counted).
@@ -333,7 +335,12 @@ def _probability(n: int) -> str:
 
 
 def render_service(
-    sp: ServicePlan, family: IPFamily, options: RenderOptions, *, comments: bool = True
+    sp: ServicePlan,
+    family: IPFamily,
+    options: RenderOptions,
+    *,
+    comments: bool = True,
+    node_ips: Sequence[str] = (),
 ) -> ServiceRules:
     """The rules of one service port in one family (nothing if it has no cluster IP there).
 
@@ -341,7 +348,8 @@ def render_service(
     ``sp.external`` the chain for external traffic (SVC, or SVL with eTP=Local); when the
     two policies name the same chain but the plan gives them different endpoints, SVC
     takes the internal and SVL the external ones. ``comments=False`` drops the comments of
-    per-endpoint rules (large clusters).
+    per-endpoint rules (large clusters). ``node_ips``: this node's addresses of ``family``
+    (see :func:`_admits_node`).
     """
     port = sp.port
     v6 = family is IPFamily.IPV6
@@ -457,8 +465,12 @@ def render_service(
         if firewalled:
             # Sources of the other family only: nothing admitted, everything dropped.
             chains.append(fw)
-            for cidr in _of(port.load_balancer_source_ranges, v6):
+            ranges = _of(port.load_balancer_source_ranges, v6)
+            for cidr in ranges:
                 rules.append(f"-A {fw} {_comment(f'{label} loadbalancer IP')} -s {cidr} -j {ext}")
+            if _admits_node(ranges, node_ips):
+                for ip in lb_ips:
+                    rules.append(f"-A {fw} {_comment(f'{label} loadbalancer IP')} -s {ip} -j {ext}")
             for ip in lb_ips:
                 sh["filter_firewall"].append(
                     f"-A {FIREWALL} {_comment(f'{label} traffic not accepted by {fw}')}"
@@ -504,6 +516,15 @@ def render_service(
         rules=tuple(rules),
         shared=Shared(**{k: tuple(v) for k, v in sh.items()}),
     )
+
+
+def _admits_node(ranges: Sequence[str], node_ips: Sequence[str]) -> bool:
+    """Whether source ranges admit this node. An LB IP is often also a local address of
+    the node (VIP-like load balancers), so the node's own requests to it leave with the LB
+    IP as source and never cross the load balancer; kube-proxy admits that source when
+    the ranges hold the node's IP, and so does proxyd."""
+    nets = [ipaddress.ip_network(c, strict=False) for c in ranges]
+    return any(ipaddress.ip_address(ip) in net for ip in node_ips for net in nets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -597,6 +618,7 @@ class FamilyState:
     hands back the very same objects for unchanged services, and finding those by
     identity costs a fraction of hashing 10,000 keys on every sync. ``totals`` are the
     rule counts of all services (see :func:`_weights`), kept up to date incrementally.
+    ``node_ips``: the node's addresses of this family the rules were rendered with.
     """
 
     family: IPFamily
@@ -605,6 +627,7 @@ class FamilyState:
     services: Mapping[ServicePortKey, _Entry]
     by_identity: Mapping[int, _Entry]
     totals: tuple[int, ...]
+    node_ips: tuple[str, ...] = ()
 
     def chains(self) -> frozenset[str]:
         """proxyd's per-service chains these rules created (all in nat)."""
@@ -716,6 +739,7 @@ def _diff(
     family: IPFamily,
     options: RenderOptions,
     comments: bool,
+    node_ips: tuple[str, ...],
     previous: FamilyState | None,
     reuse: bool,
 ) -> _Diff:
@@ -738,7 +762,7 @@ def _diff(
         if before is not None and before[0] == sp:
             entry = (sp, before[1])
         else:
-            entry = (sp, render_service(sp, family, options, comments=comments))
+            entry = (sp, render_service(sp, family, options, comments=comments, node_ips=node_ips))
             if before is None or before[1] != entry[1]:
                 changed.append(sp.key)
         services[sp.key] = by_identity[id(sp)] = entry
@@ -776,14 +800,16 @@ def render(
     """
     v6 = family is IPFamily.IPV6
     comments = sum(len(sp.internal) for sp in plan.services) <= COMMENT_ENDPOINT_LIMIT
+    node_ips = tuple(sorted(_of(plan.node_addresses, v6)))  # rarely change: then full
     reuse = (
         previous is not None
         and previous.family is family
         and previous.options == options
         and previous.comments == comments
+        and previous.node_ips == node_ips
     )
     full = full or not reuse
-    diff = _diff(plan, family, options, comments, previous, reuse)
+    diff = _diff(plan, family, options, comments, node_ips, previous, reuse)
     services, changed, removed = diff.services, diff.changed, diff.removed
     ordered = [diff.by_identity[id(sp)][1] for sp in plan.services] if full else []
     old = previous.services if previous is not None and reuse else {}
@@ -869,7 +895,7 @@ def render(
     lines = [line for name in TABLES for line in tables[name].text(name)]
     return Payload(
         text="\n".join(lines) + "\n" if lines else "",
-        state=FamilyState(family, options, comments, services, diff.by_identity, totals),
+        state=FamilyState(family, options, comments, services, diff.by_identity, totals, node_ips),
         full=full,
         written=frozenset(services) if full else frozenset(changed),
         removed=frozenset(removed),
