@@ -269,6 +269,11 @@ class ServicePlan:
     ``local_endpoints`` is the count answered by the healthCheckNodePort server;
     ``candidates`` the distinct endpoints the port had before any filtering (for the
     kept/dropped metrics; not compared, so it never makes a backend rewrite rules).
+    ``cluster`` is the cluster-wide set that traffic from this node's pods and from the
+    node itself to the port's external addresses is short-circuited to (kube-proxy's
+    "Cluster endpoints" of an externally reachable port); it is given only when neither
+    ``internal`` nor ``external`` is that set (both traffic policies Local, port reachable
+    from outside), ``None`` otherwise.
     """
 
     port: ServicePort
@@ -278,6 +283,7 @@ class ServicePlan:
     reason: str = ""
     warnings: tuple[str, ...] = ()
     local_endpoints: int = 0
+    cluster: tuple[Endpoint, ...] | None = None
     trigger_time: float | None = field(default=None, compare=False)
     candidates: int = field(default=0, compare=False)
 

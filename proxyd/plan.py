@@ -132,7 +132,7 @@ def _plan_service(
     trigger_time = max(times) if times else None
     plans = []
     for port, eps in port_endpoints(svc, slices):
-        sel = topology.select(svc, eps, node)
+        sel = topology.select(svc, eps, node, node_port=port.node_port)
         plans.append(
             ServicePlan(
                 port=port,
@@ -142,6 +142,7 @@ def _plan_service(
                 reason=sel.reason,
                 warnings=sel.warnings,
                 local_endpoints=sel.local_endpoints,
+                cluster=sel.cluster,
                 trigger_time=trigger_time,
                 candidates=len(eps),
             )

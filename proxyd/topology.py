@@ -135,6 +135,10 @@ class Selection:
     ``mode`` names the rules that filtered, joined by ``+`` (``none`` if nothing did);
     ``reason`` says the same in words; ``warnings`` are for events and metrics.
     ``local_endpoints`` counts ready endpoints on this node (healthCheckNodePort answer).
+    ``cluster`` is the cluster-wide set for this node's pods and the node itself going to
+    the port's external addresses (kube-proxy's short circuit); only given when neither
+    ``internal`` nor ``external`` is that set: both policies Local and the port reachable
+    from outside (see :class:`~proxyd.model.ServicePlan`).
     """
 
     internal: tuple[Endpoint, ...]
@@ -143,17 +147,21 @@ class Selection:
     reason: str = ""
     warnings: tuple[str, ...] = ()
     local_endpoints: int = 0
+    cluster: tuple[Endpoint, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """One endpoint's fate for this node, in words (what ``proxyd explain`` prints)."""
+    """One endpoint's fate for this node, in words (what ``proxyd explain`` prints).
+    ``cluster_why`` is ``None`` when the port has no separate cluster-wide set."""
 
     endpoint: Endpoint
     internal: bool
     external: bool
     internal_why: str
     external_why: str
+    cluster: bool = False
+    cluster_why: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +193,7 @@ class _Stage:
 class _Decision:
     internal: tuple[_Stage, ...]
     external: tuple[_Stage, ...]
+    cluster: tuple[_Stage, ...] | None  # None: internal or external is the cluster set
     order: tuple[_Stage, ...]
     warnings: tuple[str, ...]
 
@@ -411,8 +420,12 @@ def _hints(eps: Sequence[Endpoint], node: NodeView, warnings: list[str]) -> _Sta
     return None
 
 
-def _decide(svc: Service, eps: Sequence[Endpoint], node: NodeView) -> _Decision:
-    """Pick the stages of each category before filtering anything (STYLE §2.4)."""
+def _decide(svc: Service, eps: Sequence[Endpoint], node: NodeView, exposed: bool) -> _Decision:
+    """Pick the stages of each category before filtering anything (STYLE §2.4).
+
+    The cluster stages are what ``internal`` would use with internalTrafficPolicy=Cluster.
+    An ``exposed`` port keeps them even with both policies Local: this node's pods and the
+    node itself reach its external addresses through them, as kube-proxy does."""
     warnings: list[str] = []
     scope = _openyurt(svc, eps, node, warnings)
     scoped = [ep for ep in eps if scope.keep(ep)] if scope is not None else eps
@@ -428,10 +441,11 @@ def _decide(svc: Service, eps: Sequence[Endpoint], node: NodeView) -> _Decision:
         etp = _node_stage("externalTrafficPolicy:Local", node, f"on this node ({node.name})")
     internal = (*first, itp) if itp is not None else cluster
     external = (*first, etp) if etp is not None else cluster
-    used = {*internal, *external}
+    short = cluster if exposed and itp is not None and etp is not None else None
+    used = {*internal, *external, *(short or ())}
     order = tuple(s for s in (*cluster, itp, etp) if s is not None and s in used)
     warnings.extend(s.warning for s in order if s.warning is not None)
-    return _Decision(internal, external, order, tuple(warnings))
+    return _Decision(internal, external, short, order, tuple(warnings))
 
 
 # --- filtering ---------------------------------------------------------------------
@@ -464,10 +478,26 @@ def _apply(stages: tuple[_Stage, ...], eps: Sequence[Endpoint]) -> _Category:
     return _Category(stages, tuple(ep for ep in kept if _fallback(ep)), "serving+terminating")
 
 
+@dataclass(frozen=True, slots=True)
+class _Categories:
+    """Every category of one port (``cluster`` only when it is a set of its own) and the
+    selection built from them: what :func:`select` and :func:`explain` share."""
+
+    internal: _Category
+    external: _Category
+    cluster: _Category | None
+    selection: Selection
+
+
+def _exposed(svc: Service, node_port: int | None) -> bool:
+    """Whether the port is reachable from outside (kube-proxy's "externally accessible")."""
+    return bool(node_port or svc.external_ips or svc.load_balancer_ips)
+
+
 def _categorize(
-    svc: Service, eps: Sequence[Endpoint], node: NodeView
-) -> tuple[_Category, _Category, Selection]:
-    decision = _decide(svc, eps, node)
+    svc: Service, eps: Sequence[Endpoint], node: NodeView, node_port: int | None
+) -> _Categories:
+    decision = _decide(svc, eps, node, _exposed(svc, node_port))
     internal = _apply(decision.internal, eps)
     external = (
         internal if decision.external == decision.internal else _apply(decision.external, eps)
@@ -479,6 +509,12 @@ def _categorize(
             f"internal: {internal.describe('traffic is rejected')}; "
             f"external: {external.describe('traffic is dropped')}"
         )
+    cluster = None if decision.cluster is None else _apply(decision.cluster, eps)
+    if cluster is not None:
+        reason += (
+            "; from this node's pods and the node itself to external addresses: "
+            f"{cluster.describe('traffic is rejected')}"
+        )
     selection = Selection(
         internal=internal.chosen,
         external=external.chosen,
@@ -486,15 +522,20 @@ def _categorize(
         reason=reason,
         warnings=decision.warnings,
         local_endpoints=sum(1 for ep in eps if ep.ready and ep.node_name == node.name),
+        cluster=None if cluster is None else cluster.chosen,
     )
-    return internal, external, selection
+    return _Categories(internal, external, cluster, selection)
 
 
-def select(svc: Service, eps: Sequence[Endpoint], node: NodeView) -> Selection:
-    """The internal and external endpoint sets of one service port on ``node``.
+def select(
+    svc: Service, eps: Sequence[Endpoint], node: NodeView, *, node_port: int | None = None
+) -> Selection:
+    """The endpoint sets of one service port on ``node``.
 
-    ``eps`` are the port's endpoints (deduplicated); the result keeps their order."""
-    return _categorize(svc, eps, node)[2]
+    ``eps`` are the port's endpoints (deduplicated); the result keeps their order.
+    ``node_port`` is the port's NodePort: with the service's external and LB IPs it says
+    whether the port is reachable from outside (which may add the cluster-wide set)."""
+    return _categorize(svc, eps, node, node_port).selection
 
 
 # --- explanation -------------------------------------------------------------------
@@ -514,11 +555,15 @@ def _why(ep: Endpoint, category: _Category, chosen: frozenset[Endpoint]) -> str:
     return "no: not ready, and not both serving and terminating"
 
 
-def explain(svc: Service, eps: Sequence[Endpoint], node: NodeView) -> Explanation:
+def explain(
+    svc: Service, eps: Sequence[Endpoint], node: NodeView, *, node_port: int | None = None
+) -> Explanation:
     """Why each endpoint of one service port is in or out of each set on ``node``:
     the same decision as :func:`select`, walked endpoint by endpoint."""
-    internal, external, selection = _categorize(svc, eps, node)
+    cats = _categorize(svc, eps, node, node_port)
+    internal, external, cluster = cats.internal, cats.external, cats.cluster
     in_internal, in_external = frozenset(internal.chosen), frozenset(external.chosen)
+    in_cluster = frozenset(cluster.chosen) if cluster is not None else frozenset()
     verdicts = tuple(
         Verdict(
             endpoint=ep,
@@ -526,7 +571,9 @@ def explain(svc: Service, eps: Sequence[Endpoint], node: NodeView) -> Explanatio
             external=ep in in_external,
             internal_why=_why(ep, internal, in_internal),
             external_why=_why(ep, external, in_external),
+            cluster=ep in in_cluster,
+            cluster_why=None if cluster is None else _why(ep, cluster, in_cluster),
         )
         for ep in eps
     )
-    return Explanation(selection, verdicts)
+    return Explanation(cats.selection, verdicts)

@@ -190,6 +190,38 @@ def test_table_shows_external_endpoints_when_they_differ(tmp_path: Path) -> None
     assert column == ["10.244.1.2:8080", "10.244.2.2:8080", "external:", "10.244.2.2:8080"]
 
 
+def _both_local(tmp_path: Path) -> Path:
+    """n2 has no endpoint of the NodePort service with both traffic policies Local."""
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump_all([
+        svc_obj(svc_type="NodePort", externalTrafficPolicy="Local", internalTrafficPolicy="Local",
+                ports=[port_obj(80, nodePort=30080)]),
+        slice_obj("web", [ep_obj("10.244.1.2", node="n1")]),
+        svc_obj("plain", cluster_ip="10.96.0.11"),
+    ]))
+    return path
+
+
+def test_json_shows_the_short_circuit_set_only_where_the_plan_has_one(tmp_path: Path) -> None:
+    run = proxyd("plan", "--node", "n2", "--manifests", str(_both_local(tmp_path)))
+    assert run.returncode == 0, run.stderr
+    got = {s["service"]: s for s in json.loads(run.stdout)["services"]}
+    web = got["default/web"]
+    assert (web["internalEndpoints"], web["externalEndpoints"]) == ([], [])
+    assert web["clusterEndpoints"] == ["10.244.1.2:8080"]
+    assert "clusterEndpoints" not in got["default/plain"]
+
+
+def test_table_shows_the_short_circuit_set(tmp_path: Path) -> None:
+    path = _both_local(tmp_path)
+    run = proxyd("plan", "--node", "n2", "--manifests", str(path), "--format", "table")
+    assert run.returncode == 0, run.stderr
+    column = [line.split("│")[2].strip() for line in run.stdout.splitlines()
+              if line.startswith("│")]
+    assert column[column.index("short-circuit:") + 1] == "10.244.1.2:8080"
+    assert column.count("short-circuit:") == 1
+
+
 def test_manifests_may_be_repeated() -> None:
     run = proxyd("plan", "--node", "kind-worker", "--manifests", str(EXAMPLE / "cluster.yaml"),
                  "--manifests", str(EXAMPLE / "services.yaml"))

@@ -42,6 +42,13 @@ def test_endpoint_leaving_deletes_its_flows_per_service_address_and_node_port() 
     }
 
 
+def test_endpoint_leaving_the_short_circuit_set_deletes_its_flows() -> None:
+    """Both traffic policies Local: B is reached only through ``cluster`` (this node's pods
+    to the external IP), so its going must clean those flows too."""
+    local_only = replace(DNS, internal=(A,), external=(A,), cluster=(A, B))
+    assert StaleFlow(V4, "192.0.2.53", 53, B.ip) in flows([local_only], [without_b(DNS)])
+
+
 def test_service_losing_all_endpoints_deletes_flows_to_each_of_them() -> None:
     empty = replace(DNS, internal=(), external=())
     assert {f.reply_src for f in flows([DNS], [empty])} == {A.ip, B.ip}

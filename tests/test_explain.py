@@ -4,6 +4,7 @@ the selection, and the command end to end on manifests."""
 from __future__ import annotations
 
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -233,6 +234,19 @@ def test_explain_service_covers_every_port() -> None:
     assert "port dns/UDP 53: mode internalTrafficPolicy:Local" in text
     assert "10.244.2.2:8080 (no node)" in text
     assert "internal: no: has no nodeName" in text
+
+
+def test_explain_service_shows_the_short_circuit_set_of_a_both_local_port() -> None:
+    """Both policies Local on a NodePort: pods and the node still reach the remote endpoint
+    through the port's external addresses; a ClusterIP-only port has no such line."""
+    nodeport = PortSpec("http", Protocol.TCP, 80, node_port=30080)
+    both = replace(WEB, ports=(nodeport, WEB.ports[1]), external_traffic_policy=LOCAL)
+    text = explain_service(_snapshot(both), REF, "n1")
+    dns, http = text.split("\nport http/TCP")  # ports in name order
+    assert "10.244.2.2:8080 (no node)\n    internal: no: has no nodeName" in http
+    assert "    short-circuit: yes: ready" in http
+    assert "to external addresses: ready endpoints" in http
+    assert "short-circuit" not in dns
 
 
 def test_explain_service_one_port() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import sys
@@ -33,7 +34,16 @@ from proxyd.backends.iptables import (
     tool,
 )
 from proxyd.backends.iptables_render import RenderOptions, chain_name
-from proxyd.model import Endpoint, IPFamily, Protocol, ServicePlan, TrafficPolicy
+from proxyd.model import (
+    Endpoint,
+    EndpointPort,
+    IPFamily,
+    Protocol,
+    ServicePlan,
+    ServiceType,
+    TrafficPolicy,
+)
+from proxyd.plan import build_plan
 from proxyd.sandbox.netns import Answer, Client, Node, Pod, Topology
 from tests.builders import (
     ep,
@@ -42,10 +52,16 @@ from tests.builders import (
     node_plan,
     pool_obj,
     port_obj,
+    port_spec,
+    sep,
     slice_obj,
+    snapshot,
     sp,
+    svc,
     svc_obj,
 )
+from tests.builders import eps as slices
+from tests.builders import node as node_info
 from tests.conftest import require
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
@@ -398,6 +414,41 @@ def test_etp_local_short_circuits_pods_and_the_node_to_every_endpoint(
     assert errors_of(outside) == {"timeout"}
 
 
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_both_policies_local_pods_reach_remote_endpoints_through_external_addresses(
+    cluster: Cluster, proxy: Proxy, proto: Protocol
+) -> None:
+    """Planned, not hand-made: with iTP=Local and eTP=Local and no endpoint on node 1, its
+    pods and the node itself still reach the service through its external IP, LB IP and
+    NodePort (kube-proxy keeps the cluster-wide set for that); an outside client is
+    dropped, the cluster IP refused (iTP=Local, nothing local)."""
+    lb = svc(
+        "both-local",
+        type=ServiceType.LOAD_BALANCER,
+        ports=(port_spec(80, "http", proto, node_port=30140),),
+        cluster_ips=("10.96.1.40",),
+        external_ips=("192.0.2.40",),
+        load_balancer_ips=("192.0.2.41",),
+        internal_traffic_policy=TrafficPolicy.LOCAL,
+        external_traffic_policy=TrafficPolicy.LOCAL,
+    )
+    remote = [sep(cluster.c.ip, node_name="node-2")]
+    slice_ = slices("both-local", remote, ports=(EndpointPort("http", proto, target(proto)),))
+    plan = build_plan(snapshot(lb, slice_, node_info("node-1"), node_info("node-2")), "node-1")
+    (planned,) = plan.services
+    assert (planned.internal, planned.external) == ((), ())
+    proxy.sync(planned)
+    for host in ("192.0.2.40", "192.0.2.41"):
+        from_pod = cluster.a.probe(p(proto), host, 80, count=3)
+        assert {(a.pod, a.source) for a in from_pod} == {("c", cluster.a.ip)}
+    from_node = cluster.node1.probe(p(proto), cluster.client.gateway, 30140, count=3)
+    assert errors_of(from_node) == {None} and pods_of(from_node) == {"c"}
+    outside = cluster.client.probe(p(proto), "192.0.2.40", 80, timeout=0.5)
+    assert errors_of(outside) == {"timeout"}
+    refused = cluster.a.probe(p(proto), "10.96.1.40", 80, timeout=2)
+    assert errors_of(refused) == {"refused"}
+
+
 # --- localhost NodePorts (kube-proxy's iptables.localhostNodePorts) -----------------------
 
 
@@ -560,7 +611,10 @@ def test_removed_endpoint_gets_no_new_traffic_and_its_udp_flow_is_cleared(
     vip = "10.96.1.12"
     both = service("shrink", vip, proto, [cluster.a, cluster.b])
     proxy.sync(both)
-    (first,) = cluster.node1.probe(p(proto), vip, 80, source_port=40112)
+    # One flow, so one source port; fresh per run: a flow of an earlier run (the other
+    # iptables variant uses the same namespaces) may still sit in TIME_WAIT.
+    flow_port = random.randint(40000, 59999)
+    (first,) = cluster.node1.probe(p(proto), vip, 80, source_port=flow_port)
     assert first.pod in {"a", "b"}
     keep = cluster.b if first.pod == "a" else cluster.a
     gone = cluster.a if first.pod == "a" else cluster.b
@@ -572,7 +626,7 @@ def test_removed_endpoint_gets_no_new_traffic_and_its_udp_flow_is_cleared(
     )
     if proto is Protocol.UDP:
         assert gone.ip not in _reply_sources(cluster.node1, vip)
-    (same_flow,) = cluster.node1.probe(p(proto), vip, 80, source_port=40112)
+    (same_flow,) = cluster.node1.probe(p(proto), vip, 80, source_port=flow_port)
     assert same_flow.pod == keep.pod
     assert pods_of(cluster.node1.probe(p(proto), vip, 80, count=20)) == {keep.pod}
 

@@ -36,6 +36,7 @@ from proxyd.backends.iptables_render import (
     render_service,
 )
 from proxyd.model import (
+    Endpoint,
     IPFamily,
     NodePlan,
     Protocol,
@@ -284,6 +285,84 @@ def test_internal_traffic_policy_local_without_local_endpoint_rejects_cluster_ip
     assert shared(s, "filter_external") == []
     assert shared(s, "nat_nodeports")[0].endswith(f"--dport 30080 -j {EXT_WEB}")
     assert f"-A {EXT_WEB} -j {SVC_WEB}" in nat(s)
+
+
+SVL_WEB = chain_name("PROXYD-SVL-", "default", "web", "http", "TCP")
+LOCAL_EP, REMOTE_EP = ep("10.244.1.2", node_name="n1"), ep("10.244.2.2", node_name="n2")
+
+
+def both_local(local: list[Endpoint], cluster: list[Endpoint]) -> ServicePlan:
+    """An LB service with both traffic policies Local, as the planner gives it."""
+    plan = sp(
+        internal=local,
+        node_port=30080,
+        load_balancer_ips=("192.0.2.20",),
+        internal_traffic_policy=TrafficPolicy.LOCAL,
+        external_traffic_policy=TrafficPolicy.LOCAL,
+    )
+    return replace(plan, cluster=tuple(cluster))
+
+
+def spread(rules: list[str], chain: str) -> set[str]:
+    """The SEP chains ``chain`` spreads over."""
+    return {r.split(" -j ")[-1] for r in rules if r.startswith(f"-A {chain} ") and "SEP-" in r}
+
+
+def sep_of(endpoint: Endpoint) -> str:
+    return chain_name("PROXYD-SEP-", "default", "web", "http", "TCP", endpoint.addr)
+
+
+def test_both_local_short_circuits_pods_and_node_to_the_cluster_set_in_svc() -> None:
+    """kube-proxy writes KUBE-SVC (cluster endpoints) next to KUBE-SVL: its EXT chain sends
+    pods and the node to the former, everything else to the latter."""
+    s = both_local([LOCAL_EP], [LOCAL_EP, REMOTE_EP])
+    rules = nat(s)
+    assert spread(rules, SVC_WEB) == {sep_of(LOCAL_EP), sep_of(REMOTE_EP)}
+    assert spread(rules, SVL_WEB) == {sep_of(LOCAL_EP)}
+    ext = [r for r in rules if r.startswith(f"-A {EXT_WEB} ")]
+    assert [r.split(" -j ")[-1] for r in ext] == [SVC_WEB, "PROXYD-MARK-MASQ", SVC_WEB, SVL_WEB]
+    assert "-s 10.244.0.0/16" in ext[0] and "--src-type LOCAL" in ext[2]
+    assert shared(s, "nat_services")[0].endswith(f"-d 10.96.0.10 --dport 80 -j {SVL_WEB}")
+    assert set(render_service(s, V4, CIDR).chains) >= {SVC_WEB, SVL_WEB, EXT_WEB}
+
+
+def test_both_local_without_local_endpoint_still_short_circuits_and_drops_the_rest() -> None:
+    s = both_local([], [REMOTE_EP])
+    rules = nat(s)
+    assert spread(rules, SVC_WEB) == {sep_of(REMOTE_EP)}
+    ext = [r for r in rules if r.startswith(f"-A {EXT_WEB} ")]
+    assert [r.split(" -j ")[-1] for r in ext] == [SVC_WEB, "PROXYD-MARK-MASQ", SVC_WEB]
+    assert shared(s, "nat_services")[-1].endswith(f"-d 192.0.2.20 --dport 80 -j {EXT_WEB}")
+    assert shared(s, "nat_nodeports")[0].endswith(f"--dport 30080 -j {EXT_WEB}")
+    drops = shared(s, "filter_external")
+    assert len(drops) == 2 and all(r.endswith("-j DROP") for r in drops)
+    assert all("has no local endpoints" in r for r in drops)
+    (reject,) = shared(s, "filter_services")  # deliberate: REJECT, see docs/decisions.md
+    assert reject.endswith("-d 10.96.0.10 --dport 80 -j REJECT")
+
+
+def test_both_local_without_any_endpoint_rejects_everything() -> None:
+    s = both_local([], [])
+    assert nat(s) == [] and render_service(s, V4, CIDR).chains == ()
+    rejects = [*shared(s, "filter_services"), *shared(s, "filter_external")]
+    assert len(rejects) == 3 and all(r.endswith("-j REJECT") for r in rejects)
+
+
+def test_cluster_set_of_a_cluster_ip_only_service_is_unused() -> None:
+    s = both_local([LOCAL_EP], [LOCAL_EP, REMOTE_EP])
+    s = replace(s, port=replace(s.port, node_port=None, load_balancer_ips=()))
+    assert render_service(s, V4, CIDR).chains == (SVL_WEB, sep_of(LOCAL_EP))
+
+
+def test_a_changed_cluster_set_alone_rewrites_the_service() -> None:
+    first = render(node_plan(both_local([], [REMOTE_EP])), V4, CIDR)
+    grown = both_local([], [REMOTE_EP, ep("10.244.3.2")])
+    second = render(node_plan(grown), V4, CIDR, first.state)
+    assert not second.full and second.written == {grown.key}
+    assert (
+        applied(first.text, second.text).own()
+        == applied(render(node_plan(grown), V4, CIDR).text).own()
+    )
 
 
 @pytest.mark.parametrize(
@@ -690,9 +769,10 @@ def service_plans(draw: st.DrawFn) -> ServicePlan:
     local = draw(st.booleans())
     external = draw(st.lists(st.sampled_from(internal), max_size=2)) if local and internal else []
     external = external if local else internal
-    return sp(
+    both_local = local and draw(st.booleans())  # internal is then the local set too
+    plan = sp(
         name,
-        internal=internal,
+        internal=external if both_local else internal,
         external=external,
         protocol=draw(st.sampled_from(list(Protocol))),
         cluster_ips=("10.96.0.1", "fd00:10:96::1"),
@@ -702,7 +782,9 @@ def service_plans(draw: st.DrawFn) -> ServicePlan:
         load_balancer_source_ranges=draw(st.sampled_from([(), ("198.51.100.0/24",)])),
         session_affinity_timeout=draw(st.sampled_from([None, 30])),
         external_traffic_policy=TrafficPolicy.LOCAL if local else TrafficPolicy.CLUSTER,
+        internal_traffic_policy=TrafficPolicy.LOCAL if both_local else TrafficPolicy.CLUSTER,
     )
+    return replace(plan, cluster=tuple(internal)) if both_local else plan
 
 
 def plans_of(services: list[ServicePlan]) -> NodePlan:

@@ -309,3 +309,93 @@ def test_candidates_count_distinct_endpoints_before_topology() -> None:
     (plan,) = build_plan(snap, "n1").services
     assert {e.addr for e in plan.internal} == {"10.0.0.1:8080"}
     assert plan.candidates == 2
+
+
+# --- the cluster-wide set (short circuit with both policies Local) ------------------
+
+LOCAL = TrafficPolicy.LOCAL
+SPLIT = [sep("10.0.0.1", node_name="n1"), sep("10.0.0.2", node_name="n2")]
+
+
+def _addrs(sp: ServicePlan) -> tuple[set[str], set[str], set[str] | None]:
+    cluster = None if sp.cluster is None else {e.ip for e in sp.cluster}
+    return {e.ip for e in sp.internal}, {e.ip for e in sp.external}, cluster
+
+
+@pytest.mark.parametrize(
+    ("service", "want"),
+    [
+        pytest.param(
+            svc("a", internal_traffic_policy=LOCAL),
+            ({"10.0.0.1"}, {"10.0.0.1", "10.0.0.2"}, None),
+            id="itp-local-cluster-ip-only-no-cluster-set",
+        ),
+        pytest.param(
+            svc("a", internal_traffic_policy=LOCAL, external_traffic_policy=LOCAL),
+            ({"10.0.0.1"}, {"10.0.0.1"}, None),
+            id="both-local-cluster-ip-only-no-cluster-set",
+        ),
+        pytest.param(
+            svc(
+                "a",
+                type=ServiceType.NODE_PORT,
+                ports=[port_spec(node_port=30080)],
+                internal_traffic_policy=LOCAL,
+            ),
+            ({"10.0.0.1"}, {"10.0.0.1", "10.0.0.2"}, None),
+            id="itp-local-etp-cluster-nodeport-external-is-cluster-wide",
+        ),
+        pytest.param(
+            svc(
+                "a",
+                type=ServiceType.LOAD_BALANCER,
+                load_balancer_ips=("192.0.2.1",),
+                internal_traffic_policy=LOCAL,
+                external_traffic_policy=LOCAL,
+            ),
+            ({"10.0.0.1"}, {"10.0.0.1"}, {"10.0.0.1", "10.0.0.2"}),
+            id="both-local-lb-cluster-set-present",
+        ),
+    ],
+)
+def test_cluster_set_only_where_no_other_set_is_cluster_wide(
+    service: Service, want: tuple[set[str], set[str], set[str] | None]
+) -> None:
+    (sp,) = build_plan(snapshot(service, eps("a", SPLIT)), "n1").services
+    assert _addrs(sp) == want
+
+
+def test_cluster_set_follows_the_port_node_port() -> None:
+    """kube-proxy decides "reachable from outside" per port: a NodePort, or the service's
+    external / LB IPs."""
+    ports = [port_spec(80, "http", node_port=30080), port_spec(81, "admin")]
+    slice_ports = [EndpointPort("http", TCP, 8080), EndpointPort("admin", TCP, 8081)]
+    snap = snapshot(
+        svc("a", ports=ports, internal_traffic_policy=LOCAL, external_traffic_policy=LOCAL),
+        eps("a", SPLIT, ports=slice_ports),
+    )
+    admin, http = build_plan(snap, "n1").services
+    assert (admin.key.port_name, admin.cluster) == ("admin", None)
+    assert _addrs(http) == ({"10.0.0.1"}, {"10.0.0.1"}, {"10.0.0.1", "10.0.0.2"})
+
+
+BOTH_LOCAL_LB = svc(
+    "e",
+    type=ServiceType.LOAD_BALANCER,
+    load_balancer_ips=("192.0.2.1",),
+    internal_traffic_policy=LOCAL,
+    external_traffic_policy=LOCAL,
+)
+
+
+def test_incremental_planning_carries_the_cluster_set() -> None:
+    e_ref = BOTH_LOCAL_LB.ref
+    before = snapshot(*BASE.services.values(), *BASE.slices.values(), BOTH_LOCAL_LB)
+    grown = replace(before, slices={**before.slices, ("default", "e-abcde"): eps("e", SPLIT)})
+    previous = build_plan(before, "n1")
+    assert _addrs(previous.services[-1]) == (set(), set(), set())
+    partial = build_plan(grown, "n1", previous=previous, changed=frozenset({e_ref}))
+    assert partial == build_plan(grown, "n1")
+    assert _addrs(partial.services[-1]) == ({"10.0.0.1"}, {"10.0.0.1"}, {"10.0.0.1", "10.0.0.2"})
+    again = build_plan(grown, "n1", previous=partial, changed=frozenset({A}))
+    assert again.services[-1] is partial.services[-1]

@@ -7,16 +7,13 @@ the node itself to an LB IP / externalIP / NodePort is short-circuited to that
 cluster-wide set (the KUBE-EXT "pod traffic" and "route LOCAL traffic" rules), as if it
 had gone out to the load balancer and come back in.
 
-A :class:`~proxyd.model.ServicePlan` only carries ``internal`` and ``external``; with both
-policies Local both are the local set, so the cluster-wide set is lost and a node without
-a local endpoint rejects its own pods' traffic to the service's LB IP. Fixing it needs a
-third set in the plan (topology.py / plan.py / model.py), so this is an expected failure
-until the planner provides it.
+With both policies Local, ``internal`` and ``external`` of a
+:class:`~proxyd.model.ServicePlan` are both the local set; the plan's ``cluster`` set keeps
+the cluster-wide one, so a node without a local endpoint still sends its own pods'
+traffic for the service's LB IP to the remote endpoints.
 """
 
 from __future__ import annotations
-
-import pytest
 
 from proxyd.backends.iptables_render import RenderOptions, render
 from proxyd.model import IPFamily, ServiceType, TrafficPolicy
@@ -26,10 +23,6 @@ from tests.builders import eps, node, port_spec, sep, snapshot, svc
 OPTIONS = RenderOptions(cluster_cidrs=("10.244.0.0/16",))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ServicePlan has no cluster-wide set when iTP=Local and eTP=Local (planner gap)",
-)
 def test_pods_reach_a_local_local_service_through_its_lb_ip_without_a_local_endpoint() -> None:
     service = svc(
         type=ServiceType.LOAD_BALANCER,

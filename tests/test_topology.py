@@ -102,6 +102,7 @@ def names(eps: Iterable[Endpoint]) -> set[str]:
 
 
 ALL = (ep("a"), ep("b"), ep("c"), ep("d"))
+ALL_NAMES = {"a", "b", "c", "d"}
 
 
 @dataclass(frozen=True)
@@ -115,12 +116,15 @@ class Case:
     mode: str = "none"
     warn: str | None = None  # a substring one warning must contain; None: no warnings
     node: NodeView = field(default_factory=view)
+    cluster: set[str] | None = None  # the short-circuit set; None: the plan has none
+    node_port: int | None = None
 
 
 def check(case: Case) -> Selection:
-    sel = select(case.service, case.eps, case.node)
+    sel = select(case.service, case.eps, case.node, node_port=case.node_port)
     assert names(sel.internal) == case.internal
     assert names(sel.external) == (case.internal if case.external is None else case.external)
+    assert (None if sel.cluster is None else names(sel.cluster)) == case.cluster
     assert sel.mode == case.mode
     if case.warn is None:
         assert sel.warnings == ()
@@ -705,6 +709,121 @@ READINESS = [
 @pytest.mark.parametrize("case", READINESS)
 def test_readiness(case: Case) -> None:
     check(case)
+
+
+LB = ("192.0.2.20",)
+BOTH_LOCAL = {"internal_traffic_policy": LOCAL, "external_traffic_policy": LOCAL}
+BOTH_MODE = "internalTrafficPolicy:Local+externalTrafficPolicy:Local"
+
+# kube-proxy's UsesClusterEndpoints: iTP=Cluster, or the port is reachable from outside.
+# Only with both policies Local does that set differ from internal and external.
+CLUSTER_SET = [
+    pytest.param(
+        Case(
+            svc(load_balancer_ips=LB, **BOTH_LOCAL), ALL, {"a"}, cluster=ALL_NAMES, mode=BOTH_MODE
+        ),
+        id="both-local-lb-keeps-the-cluster-wide-set",
+    ),
+    pytest.param(
+        Case(
+            svc(**BOTH_LOCAL),
+            [ep("b"), ep("c")],
+            set(),
+            node_port=30080,
+            cluster={"b", "c"},
+            mode=BOTH_MODE,
+        ),
+        id="both-local-nodeport-without-local-endpoint",
+    ),
+    pytest.param(
+        Case(
+            svc(external_ips=("192.0.2.30",), **BOTH_LOCAL),
+            [ep("a", zones={"z2"}), ep("b", zones={"z1"})],
+            {"a"},
+            cluster={"b"},
+            mode=f"PreferSameZone+{BOTH_MODE}",
+        ),
+        id="both-local-cluster-set-follows-hints",
+    ),
+    pytest.param(
+        Case(
+            yurt("openyurt.io/nodepool", load_balancer_ips=LB, **BOTH_LOCAL),
+            ALL,
+            {"a"},
+            cluster={"a", "b"},
+            mode=f"openyurt:nodepool+{BOTH_MODE}",
+        ),
+        id="both-local-cluster-set-stays-in-the-openyurt-scope",
+    ),
+    pytest.param(
+        Case(
+            svc(load_balancer_ips=LB, **BOTH_LOCAL),
+            [terminating("b"), ep("c", ready=False), terminating("d", serving=False)],
+            set(),
+            cluster={"b"},
+            mode=BOTH_MODE,
+        ),
+        id="both-local-cluster-set-falls-back-to-serving-terminating",
+    ),
+    pytest.param(
+        Case(
+            keys(HOST, load_balancer_ips=LB, **BOTH_LOCAL),
+            ALL,
+            {"a"},
+            cluster=ALL_NAMES,
+            mode=BOTH_MODE,
+            warn="cannot be combined",
+        ),
+        id="both-local-topology-keys-ignored-for-the-cluster-set-too",
+    ),
+    pytest.param(
+        Case(svc(**BOTH_LOCAL), ALL, {"a"}, mode=BOTH_MODE),
+        id="both-local-cluster-ip-only-has-no-cluster-set",
+    ),
+    pytest.param(
+        Case(
+            svc(internal_traffic_policy=LOCAL),
+            ALL,
+            {"a"},
+            external=ALL_NAMES,
+            mode="internalTrafficPolicy:Local",
+        ),
+        id="itp-local-cluster-ip-only-has-no-cluster-set",
+    ),
+    pytest.param(
+        Case(
+            svc(internal_traffic_policy=LOCAL),
+            ALL,
+            {"a"},
+            external=ALL_NAMES,
+            node_port=30080,
+            mode="internalTrafficPolicy:Local",
+        ),
+        id="itp-local-etp-cluster-nodeport-external-is-the-cluster-set",
+    ),
+    pytest.param(
+        Case(
+            svc(external_traffic_policy=LOCAL, load_balancer_ips=LB),
+            ALL,
+            ALL_NAMES,
+            external={"a"},
+            mode="externalTrafficPolicy:Local",
+        ),
+        id="etp-local-itp-cluster-internal-is-the-cluster-set",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CLUSTER_SET)
+def test_cluster_set_for_the_short_circuit(case: Case) -> None:
+    check(case)
+
+
+def test_cluster_set_reason_says_who_uses_it() -> None:
+    sel = select(svc(**BOTH_LOCAL), [ep("b")], view(), node_port=30080)
+    assert sel.reason.endswith(
+        "from this node's pods and the node itself to external addresses: ready endpoints"
+    )
 
 
 def test_local_endpoints_counts_ready_local_only() -> None:

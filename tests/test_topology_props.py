@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,6 +27,7 @@ NODE = view()  # this node n1 in pool p1 with n2; n3 and n4 in pool p2
 NODES = ["n1", "n2", "n3", "n4", "n9", None]
 
 policies = st.sampled_from([TrafficPolicy.CLUSTER, TrafficPolicy.LOCAL])
+lb_ips = st.sampled_from([(), ("192.0.2.1",)])  # reachable from outside, or not
 scope_values = ["kubernetes.io/hostname", "openyurt.io/nodepool", "kubernetes.io/zone", "*"]
 
 
@@ -63,6 +65,7 @@ def services(draw: st.DrawFn, scopes: tuple[str, ...] | None = None) -> Service:
         topology_keys=tuple(draw(keys)),
         internal_traffic_policy=draw(policies),
         external_traffic_policy=draw(policies),
+        load_balancer_ips=draw(lb_ips),
     )
 
 
@@ -77,6 +80,7 @@ def test_sets_are_subsets_of_the_service_endpoints(service: Service, eps: list[E
     sel = select(service, eps, NODE)
     assert set(sel.internal) <= set(eps)
     assert set(sel.external) <= set(eps)
+    assert set(sel.cluster or ()) <= set(eps)
 
 
 @SETTINGS
@@ -115,6 +119,8 @@ def test_decision_ignores_endpoint_order(
     first, second = select(service, eps, NODE), select(service, shuffled, NODE)
     assert set(first.internal) == set(second.internal)
     assert set(first.external) == set(second.external)
+    assert (first.cluster is None) == (second.cluster is None)
+    assert set(first.cluster or ()) == set(second.cluster or ())
     assert (first.mode, first.local_endpoints) == (second.mode, second.local_endpoints)
     assert select(service, eps, NODE) == first
 
@@ -129,6 +135,30 @@ def test_explain_agrees_with_select(service: Service, eps: list[Endpoint]) -> No
         assert v.internal_why.startswith("yes" if v.internal else "no")
         assert v.external == (v.endpoint in result.selection.external)
         assert v.external_why.startswith("yes" if v.external else "no")
+        assert v.cluster == (v.endpoint in (result.selection.cluster or ()))
+        if result.selection.cluster is None:
+            assert v.cluster_why is None
+        else:
+            assert v.cluster_why is not None
+            assert v.cluster_why.startswith("yes" if v.cluster else "no")
+
+
+@SETTINGS
+@given(services(), endpoints())
+def test_cluster_set_is_internal_under_internal_traffic_policy_cluster(
+    service: Service, eps: list[Endpoint]
+) -> None:
+    """kube-proxy's "Cluster endpoints": exactly what ClusterIP traffic would get with
+    iTP=Cluster (same scope, hints and fallback), present only with both policies Local
+    on a port reachable from outside."""
+    sel = select(service, eps, NODE)
+    both_local = {service.internal_traffic_policy, service.external_traffic_policy} == {
+        TrafficPolicy.LOCAL
+    }
+    assert (sel.cluster is not None) == (both_local and bool(service.load_balancer_ips))
+    if sel.cluster is not None:
+        as_cluster = replace(service, internal_traffic_policy=TrafficPolicy.CLUSTER)
+        assert sel.cluster == select(as_cluster, eps, NODE).internal
 
 
 # --- plan ---------------------------------------------------------------------------
@@ -140,12 +170,22 @@ REFS = [ServiceRef("default", name) for name in ("a", "b", "c", "d")]
 def snapshots(draw: st.DrawFn) -> ClusterSnapshot:
     objects: list[Service | EndpointSlice] = []
     for ref in draw(st.lists(st.sampled_from(REFS), unique=True)):
-        policy = draw(policies)
-        service = builders.svc(ref.name, cluster_ips=("10.96.0.1",), internal_traffic_policy=policy)
+        service = builders.svc(
+            ref.name,
+            cluster_ips=("10.96.0.1",),
+            internal_traffic_policy=draw(policies),
+            external_traffic_policy=draw(policies),
+            load_balancer_ips=draw(lb_ips),
+        )
         objects.append(service)
         for n in range(draw(st.integers(0, 2))):
             ips = draw(st.lists(st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3"])))
-            endpoints = [builders.sep(ip, ready=draw(st.booleans()), node_name="n1") for ip in ips]
+            endpoints = [
+                builders.sep(
+                    ip, ready=draw(st.booleans()), node_name=draw(st.sampled_from(["n1", "n2"]))
+                )
+                for ip in ips
+            ]
             objects.append(builders.eps(ref.name, endpoints, name=f"{ref.name}-{n}"))
     return builders.snapshot(*objects)
 

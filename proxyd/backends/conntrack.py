@@ -46,7 +46,7 @@ class StaleFlow:
 def _endpoint_ips(sp: ServicePlan | None) -> frozenset[str]:
     if sp is None:
         return frozenset()
-    return frozenset(ep.ip for ep in (*sp.internal, *sp.external))
+    return frozenset(ep.ip for ep in (*sp.internal, *sp.external, *(sp.cluster or ())))
 
 
 def _service_ips(sp: ServicePlan) -> tuple[str, ...]:

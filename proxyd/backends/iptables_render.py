@@ -38,7 +38,10 @@ Decisions where kube-proxy's behaviour needed a choice:
   the service has none at all and DROPped when only the local ones are missing.
 - SVC holds the endpoints for cluster traffic (SVL with iTP=Local), SVL those for external
   traffic with eTP=Local; when a plan gives one chain two different sets, SVC takes the
-  internal and SVL the external one.
+  internal and SVL the external one. With both policies Local, SVC holds the plan's
+  ``cluster`` set, where the EXT chain sends this node's pods and the node itself (as
+  kube-proxy writes KUBE-SVC next to KUBE-SVL); external destinations of a port without
+  local endpoints then still get nat rules for them, and the filter table DROPs the rest.
 - NodePorts answer on every local address (``--nodeport-addresses`` narrows them to local
   addresses in those CIDRs); on IPv4 loopback only with ``localhost_nodeports`` (see
   :func:`localhost_nodeports`), on IPv6 loopback never. A CIDR that holds loopback but
@@ -347,9 +350,11 @@ def render_service(
     ``sp.internal`` feeds the chain for cluster traffic (SVC, or SVL with iTP=Local) and
     ``sp.external`` the chain for external traffic (SVC, or SVL with eTP=Local); when the
     two policies name the same chain but the plan gives them different endpoints, SVC
-    takes the internal and SVL the external ones. ``comments=False`` drops the comments of
-    per-endpoint rules (large clusters). ``node_ips``: this node's addresses of ``family``
-    (see :func:`_admits_node`).
+    takes the internal and SVL the external ones. With eTP=Local, pods and the node going
+    to an external destination are sent to the cluster-wide set: ``sp.cluster`` in SVC
+    when the plan gives it (and SVC is free for it), else the internal chain.
+    ``comments=False`` drops the comments of per-endpoint rules (large clusters).
+    ``node_ips``: this node's addresses of ``family`` (see :func:`_admits_node`).
     """
     port = sp.port
     v6 = family is IPFamily.IPV6
@@ -367,7 +372,8 @@ def render_service(
     external_ips = _of(port.external_ips, v6)
     lb_ips = _of(port.load_balancer_ips, v6)
     exposed = bool(external_ips or lb_ips or port.node_port)
-    has_endpoints = bool(internal or external)
+    cluster = _endpoints(sp.cluster, v6) if sp.cluster is not None else None
+    has_endpoints = bool(internal or external or cluster)
     etp_local = port.external_traffic_policy is TrafficPolicy.LOCAL
 
     int_chain = svl if port.internal_traffic_policy is TrafficPolicy.LOCAL else svc
@@ -379,6 +385,12 @@ def render_service(
         policy[int_chain] = internal
     if exposed and external:
         policy[ext_chain] = external
+    # The short circuit of eTP=Local (pods and the node to external destinations).
+    short_chain, short = int_chain, internal
+    if cluster is not None and policy.get(svc, cluster) == cluster:
+        short_chain, short = svc, cluster
+    if exposed and etp_local and short:
+        policy[short_chain] = short
 
     chains: list[str] = sorted(policy)  # SVC before SVL
     rules: list[str] = []
@@ -434,11 +446,11 @@ def render_service(
                 f"-A {ext} {_comment(f'masquerade traffic for {label} external destinations')}"
                 f" {masq}"
             )
-        elif internal:
+        elif short:
             for cidr in cluster_cidr:
                 rules.append(
                     f"-A {ext} {_comment(f'pod traffic for {label} external destinations')}"
-                    f" -s {cidr} -j {int_chain}"
+                    f" -s {cidr} -j {short_chain}"
                 )
             local = "-m addrtype --src-type LOCAL"
             rules.append(
@@ -448,7 +460,7 @@ def render_service(
             )
             rules.append(
                 f"-A {ext} {_comment(f'route LOCAL traffic for {label} external destinations')}"
-                f" {local} -j {int_chain}"
+                f" {local} -j {short_chain}"
             )
         if external:
             rules.append(f"-A {ext} -j {ext_chain}")
@@ -485,7 +497,7 @@ def render_service(
     # External destinations that must not pass: nothing at all, or no local endpoint.
     if exposed and not external:
         target, why = (
-            ("DROP", "has no local endpoints") if internal else ("REJECT", "has no endpoints")
+            ("DROP", "has no local endpoints") if has_endpoints else ("REJECT", "has no endpoints")
         )
         note = _comment(f"{label} {why}")
         for ip in (*external_ips, *lb_ips):

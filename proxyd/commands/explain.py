@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="say why each endpoint of a service is used or not on a node",
         description="For every port of SERVICE, list each endpoint and say, in plain "
         "words, whether NODE sends internal (ClusterIP) and external (NodePort, "
-        "externalIP, LB) traffic to it, and which rule decided. Changes nothing.",
+        "externalIP, LB) traffic to it, and which rule decided; with both traffic policies "
+        "Local, also whether its pods and itself reach it through an external address "
+        "(short-circuit). Changes nothing.",
     )
     parser.add_argument("service", metavar="NAMESPACE/NAME", type=_parse_ref)
     parser.add_argument("--node", required=True, help="the node whose view to explain")
@@ -90,7 +92,7 @@ def explain_service(
     lines = [f"Service {ref} as seen from node {node_name}"]
     for service_port, endpoints in ports:
         key = service_port.key
-        result = topology.explain(svc, endpoints, node)
+        result = topology.explain(svc, endpoints, node, node_port=service_port.node_port)
         sel = result.selection
         lines.append("")
         lines.append(
@@ -107,4 +109,6 @@ def explain_service(
             lines.append(f"    internal: {v.internal_why}")
             same = v.external_why == v.internal_why
             lines.append(f"    external: {'same as internal' if same else v.external_why}")
+            if v.cluster_why is not None:
+                lines.append(f"    short-circuit: {v.cluster_why}")
     return "\n".join(lines)

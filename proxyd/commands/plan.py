@@ -115,9 +115,10 @@ def plan_to_json(plan: NodePlan) -> dict[str, Any]:
 
 
 def service_plan_to_json(sp: ServicePlan) -> dict[str, Any]:
-    """One service port; endpoint lists sorted, empty when traffic is rejected/dropped."""
+    """One service port; endpoint lists sorted, empty when traffic is rejected/dropped.
+    ``clusterEndpoints`` (the short-circuit set) only where the plan has that set."""
     port = sp.port
-    return {
+    entry: dict[str, Any] = {
         "service": str(port.key.service),
         "portName": port.key.port_name,
         "protocol": port.key.protocol.value,
@@ -132,6 +133,9 @@ def service_plan_to_json(sp: ServicePlan) -> dict[str, Any]:
         "reason": sp.reason,
         "warnings": list(sp.warnings),
     }
+    if sp.cluster is not None:
+        entry["clusterEndpoints"] = _addrs(sp.cluster)
+    return entry
 
 
 def _addrs(endpoints: Sequence[Endpoint]) -> list[str]:
@@ -172,6 +176,9 @@ def _table_row(row: dict[str, Any]) -> tuple[Text, Text, Text]:
     if external != internal:
         endpoints.append("\nexternal:", style="bold")
         endpoints.append("".join(f"\n{addr}" for addr in external) or "\nnone: drop")
+    if "clusterEndpoints" in row:
+        endpoints.append("\nshort-circuit:", style="bold")
+        endpoints.append("".join(f"\n{a}" for a in row["clusterEndpoints"]) or "\nnone: reject")
 
     mode = Text(row["mode"], style="bold")
     if row["reason"]:
