@@ -481,9 +481,13 @@ class IpvsBackend:
         try:
             if full:
                 self._prepare()
-                have = self._read(want)
+                # NodePort markers name a port only: scope them to this node's addresses
+                local = {*plan.node_addresses, *self._mirror.node_addresses}
+                have = self._read(want, local)
             else:
-                have = self._refresh(want, self._mirror.observed, dirty or set())
+                # node addresses changed (dirty None): every virtual server may lose reals
+                maybe = want.services.keys() if dirty is None else dirty
+                have = self._refresh(want, self._mirror.observed, maybe)
             now = self._clock()
             changes = diff(want, have, self._mirror.draining, now, self._drain_timeout, dirty)
             errors, fallbacks = self._apply(changes)
@@ -591,15 +595,16 @@ class IpvsBackend:
                 present |= {(name, chain, jump_target(rule)) for chain, rule in saved.rules}
         return [j for j in jumps() if (j.table, j.chain, j.target) not in present]
 
-    def _read(self, want: IpvsState) -> Observed:
-        """Kernel state proxyd owns (plus virtual servers ``want`` claims)."""
+    def _read(self, want: IpvsState, local: AbstractSet[str] | None = None) -> Observed:
+        """Kernel state proxyd owns (plus virtual servers ``want`` claims); ``local`` as
+        in :func:`owned`."""
         addresses = frozenset(self._client.addresses(self._interface))
         sets = self._client.members([s.name for s in set_specs()])
         members = {k: frozenset(v) for k, v in sets.items()}
         services = {
             k: v
             for k, v in self._client.services().items()
-            if k in want.services or owned(k, addresses, members)
+            if k in want.services or owned(k, addresses, members, local=local)
         }
         dests = {
             k: {(d.address, d.port): d for d in ds}
@@ -670,7 +675,8 @@ class IpvsBackend:
             ):
                 key = op.server.key
                 retry.append(type(op)(replace(op.server, scheduler=fallback, flags=frozenset())))
-                retry += [o for o in changes.servers if isinstance(o, AddDest) and o.key == key]
+                if isinstance(op, AddService):  # else the real servers went in already
+                    retry += [o for o in changes.servers if isinstance(o, AddDest) and o.key == key]
                 fallbacks.append(
                     (
                         "scheduler_unavailable",
@@ -683,7 +689,12 @@ class IpvsBackend:
         }
         errors += [e for e in refused if _key_of(e.op) not in retried]
         errors += self._client.apply(retry)
-        errors += self._client.apply(changes.after)
+        # a virtual server whose delete was refused keeps the markers that make it proxyd's
+        kept = [e.op.key for e in errors if isinstance(e.op, DelService)]
+        markers = {DelAddress(k.address) for k in kept} | {
+            DelMember(name, str(k.port)) for k in kept for name in NODE_PORT_SETS[k.protocol]
+        }
+        errors += self._client.apply([op for op in changes.after if op not in markers])
         return errors, tuple(fallbacks)
 
 

@@ -255,6 +255,10 @@ def _in_any(ip: str, cidrs: Sequence[str]) -> bool:
     return any(addr in ipaddress.ip_network(c, strict=False) for c in cidrs)
 
 
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(cidr, strict=False)
+
+
 def _reals(eps: Iterable[Endpoint], family: IPFamily) -> tuple[RealServer, ...]:
     return tuple(sorted({RealServer(e.ip, e.port) for e in eps if ip_family(e.ip) is family}))
 
@@ -351,11 +355,17 @@ def fragment(
                 (key, _set_name(f"{base}-LOCAL" if local else base, fam), entry),
             ]
             if base == "LOAD-BALANCER" and port.load_balancer_source_ranges:
-                needs.append((key, _set_name("LB-FW", fam), entry))
-                for cidr in port.load_balancer_source_ranges:
-                    net = ipaddress.ip_network(cidr, strict=False)
-                    if (net.version == 6) == (fam is IPFamily.IPV6):
-                        needs.append((key, _set_name("LB-SOURCE-CIDR", fam), f"{entry},{net}"))
+                nets = [
+                    net
+                    for net in map(_network, port.load_balancer_source_ranges)
+                    if (net.version == 6) == (fam is IPFamily.IPV6)
+                ]
+                # a /0 admits everyone, and ipset refuses it in a net member
+                if all(net.prefixlen for net in nets):
+                    needs.append((key, _set_name("LB-FW", fam), entry))
+                    needs += [
+                        (key, _set_name("LB-SOURCE-CIDR", fam), f"{entry},{net}") for net in nets
+                    ]
     if port.node_port is not None:
         cluster, local_set = NODE_PORT_SETS[proto]
         for ip in node_addresses:

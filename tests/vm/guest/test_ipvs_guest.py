@@ -226,6 +226,26 @@ def test_load_balancer_source_ranges_admit_and_deny(backend: IpvsBackend, protoc
     assert ask("c2", VIP) == "p1"  # the ranges limit the load-balancer IP only
 
 
+def test_load_balancer_source_range_of_everything_admits_every_client(
+    backend: IpvsBackend,
+) -> None:
+    """0.0.0.0/0 is a valid source range (the API allows it) but no ipset net entry: the
+    kernel refuses a /0 in hash:ip,port,net, which used to fail every sync."""
+    svc = service(
+        "lb-all",
+        VIP,
+        pods=("p1",),
+        type="LoadBalancer",
+        loadBalancerSourceRanges=["0.0.0.0/0"],
+        status={"loadBalancer": {"ingress": [{"ip": "192.0.2.30"}]}},
+    )
+    sync(backend, plan(svc), full=True)
+    for client in CLIENTS:
+        conn = connect(client, "192.0.2.30", 80, timeout=1.0)
+        assert conn.pod == "p1"
+        conn.close()
+
+
 def test_node_port_masquerades_and_local_policy_keeps_the_client_address(
     backend: IpvsBackend,
 ) -> None:
