@@ -238,7 +238,12 @@ def load_file(path: str) -> tuple[dict[str, Any], list[str]]:
             doc = yaml.safe_load(handle)
     except OSError as exc:
         raise InputError(where, "-", exc.strerror or str(exc), reason="unreadable") from exc
-    except yaml.YAMLError as exc:
+    except UnicodeDecodeError as exc:
+        raise InputError(where, "-", "not UTF-8 text", reason="not_yaml") from exc
+    except RecursionError as exc:
+        raise InputError(where, "-", "not YAML: nested too deeply", reason="not_yaml") from exc
+    except (yaml.YAMLError, ValueError, AttributeError) as exc:
+        # PyYAML lets ValueError/AttributeError escape on e.g. ``!!int x``, ``!!timestamp x``
         raise InputError(where, "-", f"not YAML: {exc}", reason="not_yaml") from exc
     if doc is None:
         return {}, []
@@ -270,14 +275,15 @@ def _read_section(
     if not isinstance(doc, dict):
         raise InputError(where, prefix.rstrip(".") or "-", "must be a mapping",
                          reason="not_mapping")
-    for key in sorted(doc):
+    for key in sorted(doc, key=str):  # YAML keys need not be strings (``1: x``)
         if key in known:
             if doc[key] is not None and doc[key] != "":
                 values[known[key]] = doc[key]
         elif key in ignored:
             notes.append(f"{where}: {prefix}{key} is not implemented by proxyd; ignored")
         elif key not in skip:
-            raise InputError(where, f"{prefix}{key}", "unknown field", reason="unknown_field")
+            shown = key if isinstance(key, str) and key else repr(key)  # '' or 1, visibly
+            raise InputError(where, f"{prefix}{shown}", "unknown field", reason="unknown_field")
 
 
 # --- resolution -------------------------------------------------------------------------
@@ -309,7 +315,7 @@ def resolve(
     node = merged.pop("node_name", None) or env.get("NODE_NAME") or hostname
     if node is None:
         node = socket.gethostname()
-    node = str(node).strip().lower()
+    node = _text("hostnameOverride", node).strip().lower()
     if not node:
         raise InputError(where, "hostnameOverride", "node name is empty", reason="no_node_name")
 
@@ -336,7 +342,7 @@ def _convert(key: str, value: Any) -> Any:
     """Coerce one raw value (from YAML or argparse) to its Config field type."""
     match key:
         case "sync_period" | "min_sync_period":
-            return value if isinstance(value, float) else parse_duration(str(value), where=key)
+            return parse_duration(str(value), where=key)  # a YAML float too: NaN, -1.0 …
         case (
             "conntrack_tcp_timeout_established" | "conntrack_tcp_timeout_close_wait"
             | "conntrack_udp_timeout" | "conntrack_udp_timeout_stream"
@@ -373,14 +379,23 @@ def _convert(key: str, value: Any) -> Any:
         case "log_level":
             return str(value).lower()
         case _:
-            return None if value is None else str(value)
+            return None if value is None else _text(key, value)
+
+
+def _text(key: str, value: object) -> str:
+    """A string setting; a YAML scalar is taken as written (``proxyName: 7``), but a list
+    or mapping is a mistake, not a name."""
+    if isinstance(value, list | dict):
+        raise InputError("configuration", key, f"must be a string, got {type(value).__name__}",
+                         reason="bad_value")
+    return str(value)
 
 
 def _conntrack_timeout(key: str, value: Any) -> float:
     """A conntrack timeout: 0 (leave the kernel's alone) or whole seconds, as the kernel
     counts them (a fraction is dropped, as kube-proxy does). Below 1s is refused: kube-proxy
     would write 0, which expires every such connection at once."""
-    seconds = value if isinstance(value, float) else parse_duration(str(value), where=key)
+    seconds = parse_duration(str(value), where=key)
     if 0 < seconds < 1:
         raise InputError("configuration", key, f"{value!r} must be 0 (leave as is) or >= 1s",
                          reason="bad_value")

@@ -141,6 +141,18 @@ def _objects(file: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
             yield item_where, item
 
 
+#: What the parsers raise besides their own errors on hostile text: PyYAML on ``!!int x``
+#: (ValueError) or ``!!timestamp x`` (AttributeError), both on integers of more than 4300
+#: digits (ValueError) and on deep nesting (RecursionError).
+_PARSER_FAILURES = (ValueError, AttributeError, RecursionError)
+
+
+def _failure(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return f"cannot be parsed ({exc})"
+
+
 def _documents(file: str) -> Iterator[tuple[int, object]]:
     try:
         with open(file, encoding="utf-8") as stream:
@@ -155,6 +167,8 @@ def _documents(file: str) -> Iterator[tuple[int, object]]:
         except json.JSONDecodeError as exc:
             field = f"line {exc.lineno}, column {exc.colno}"
             raise InputError(f"{file} document 1", field, exc.msg, "bad_json") from exc
+        except _PARSER_FAILURES as exc:
+            raise InputError(f"{file} document 1", "(json)", _failure(exc), "bad_json") from exc
         return
     docs = yaml.load_all(text, Loader=_Loader)
     number = 1
@@ -165,6 +179,9 @@ def _documents(file: str) -> Iterator[tuple[int, object]]:
             return
         except yaml.YAMLError as exc:
             raise _yaml_error(f"{file} document {number}", exc) from exc
+        except _PARSER_FAILURES as exc:
+            where = f"{file} document {number}"
+            raise InputError(where, "(yaml)", _failure(exc), "bad_yaml") from exc
         yield number, doc
         number += 1
 

@@ -81,6 +81,8 @@ def _show(value: object) -> str:
         return "an object"
     if isinstance(value, list | tuple):
         return "a list"
+    if isinstance(value, int) and value.bit_length() > 200:
+        return "a huge integer"  # repr() fails past 4300 digits; 60 of them say nothing
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -162,7 +164,7 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int):
             self.fail(field, f"must be an integer, got {_show(value)}", reason)
         if not low <= value <= high:
-            self.fail(field, f"must be in {low}-{high}, got {value}", reason)
+            self.fail(field, f"must be in {low}-{high}, got {_show(value)}", reason)
         return value
 
     def port(self, value: object, field: str) -> int:
@@ -557,6 +559,7 @@ _BY_GROUP: Mapping[tuple[str, str], Callable[[_Json], Translated]] = {
 
 def translate_object(obj: _Json) -> Translated | None:
     """Translate any object by its ``apiVersion``/``kind``; None for kinds proxyd ignores."""
+    obj = _Reader("object").item(obj, "(object)")  # e.g. a watch event holding a list
     md = obj.get("metadata")
     name = md.get("name") if isinstance(md, Mapping) else None
     r = _Reader(f"object {name}" if isinstance(name, str) and name else "object")
