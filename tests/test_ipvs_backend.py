@@ -448,6 +448,38 @@ def test_remove_foreign_reads_kube_proxys_sctp_sets_by_address_and_port(
     assert set(gone) == theirs and set(kernel.vs) == foreign
 
 
+def test_sctp_node_ports_are_proxyds_by_address_and_port(
+    backend: IpvsBackend, kernel: FakeKernel
+) -> None:
+    """proxyd's SCTP NodePort set holds node address and port: the same port on an
+    address that is not the node's is someone else's virtual server."""
+    backend.sync(plan(A, protocol=Protocol.SCTP, node_port=30080), full=True)
+    mine = VsKey(Protocol.SCTP, "192.168.1.5", 30080)
+    assert mine in kernel.vs
+    assert kernel.sets["PROXYD-NODE-PORT-SCTP"] == {"192.168.1.5,sctp:30080"}
+    foreign = VsKey(Protocol.SCTP, "192.168.1.6", 30080)
+    kernel.vs[foreign] = VirtualServer(foreign, "rr")
+    kernel.dests_[foreign] = {}
+    restarted = IpvsBackend(kernel, FakeRunner(), clock=Clock())
+    assert restarted.sync(node_plan(addresses=("192.168.1.5",)), full=True).ok
+    assert set(kernel.vs) == {foreign} and kernel.sets["PROXYD-NODE-PORT-SCTP"] == set()
+
+
+def test_refused_sctp_node_port_delete_keeps_its_set_member(
+    backend: IpvsBackend, kernel: FakeKernel
+) -> None:
+    """The member is the virtual server's only marker: removing it after a refused
+    delete would leave a virtual server proxyd no longer recognises."""
+    backend.sync(plan(A, protocol=Protocol.SCTP, node_port=30080), full=True)
+    doomed = VsKey(Protocol.SCTP, "192.168.1.5", 30080)
+    kernel.fail_next = DelService(doomed)
+    empty = node_plan(addresses=("192.168.1.5",))
+    assert not backend.sync(empty, full=False).ok
+    assert kernel.sets["PROXYD-NODE-PORT-SCTP"] == {"192.168.1.5,sctp:30080"}
+    assert backend.sync(empty, full=False).ok  # full: reads the kernel again
+    assert kernel.vs == {} and kernel.sets["PROXYD-NODE-PORT-SCTP"] == set()
+
+
 def test_remove_foreign_keeps_proxyds_when_it_serves_from_kube_ipvs0(kernel: FakeKernel) -> None:
     backend = IpvsBackend(kernel, FakeRunner(), clock=Clock(), interface="kube-ipvs0")
     backend.sync(plan(A, node_port=30080), full=True)

@@ -178,6 +178,60 @@ def test_local_policy_without_local_endpoints_drops_only_external_traffic() -> N
     assert state.sets["PROXYD-NODE-PORT-LOCAL-TCP"] == {"30080"}
 
 
+def test_sctp_node_ports_are_node_address_and_port_members_of_per_family_hash_sets() -> None:
+    """The kernel reads no port from an SCTP packet for a bitmap:port set (TCP and UDP
+    only): SCTP NodePorts go in hash:ip,port sets of node address and port."""
+    specs = {s.name: (s.kind, s.family) for s in set_specs()}
+    for local in ("", "LOCAL-"):
+        assert specs[f"PROXYD-NODE-PORT-{local}SCTP"] == ("hash:ip,port", IPFamily.IPV4)
+        assert specs[f"PROXYD-6-NODE-PORT-{local}SCTP"] == ("hash:ip,port", IPFamily.IPV6)
+        assert specs[f"PROXYD-NODE-PORT-{local}TCP"] == ("bitmap:port", None)
+        assert specs[f"PROXYD-NODE-PORT-{local}UDP"] == ("bitmap:port", None)
+    nodes = ("192.168.1.5", "10.0.0.5", "fd00::5")
+    cluster = splan("a", protocol=Protocol.SCTP, node_port=30080)
+    local = splan(
+        "b",
+        cluster_ips=("10.96.0.11",),
+        protocol=Protocol.SCTP,
+        node_port=30081,
+        external_traffic_policy=TrafficPolicy.LOCAL,
+    )
+    state = desired_state(node_plan(cluster, local, addresses=nodes))
+    assert {s.server.scheduler for s in state.services.values()} == {"rr"}
+    sets = state.sets
+    assert sets["PROXYD-NODE-PORT-SCTP"] == {"192.168.1.5,sctp:30080", "10.0.0.5,sctp:30080"}
+    assert sets["PROXYD-6-NODE-PORT-SCTP"] == {"fd00::5,sctp:30080"}
+    assert sets["PROXYD-NODE-PORT-LOCAL-SCTP"] == {
+        "192.168.1.5,sctp:30081",
+        "10.0.0.5,sctp:30081",
+    }
+    assert sets["PROXYD-6-NODE-PORT-LOCAL-SCTP"] == {"fd00::5,sctp:30081"}
+
+
+@pytest.mark.parametrize("fam", list(IPFamily))
+def test_node_port_rules_match_sctp_by_address_and_port_and_tcp_udp_by_port(
+    fam: IPFamily,
+) -> None:
+    six = "6-" if fam is IPFamily.IPV6 else ""
+    text = restore_text(fam, IpvsOptions())
+    matches = {
+        (m["proto"], m["set"], m["dims"])
+        for m in re.finditer(
+            r"-p (?P<proto>\S+) -m set --match-set (?P<set>\S+) (?P<dims>\S+)", text
+        )
+    }
+    assert matches == {
+        *(
+            (p, f"PROXYD-NODE-PORT-{local}{p.upper()}", "dst")
+            for p in ("tcp", "udp")
+            for local in ("", "LOCAL-")
+        ),
+        *(("sctp", f"PROXYD-{six}NODE-PORT-{local}SCTP", "dst,dst") for local in ("", "LOCAL-")),
+    }
+    families = {s.name: s.family for s in set_specs()}
+    assert {families[n] for n in re.findall(r"--match-set (\S+)", text)} <= {fam, None}
+
+
 def test_endpoints_on_this_node_are_hairpin_masqueraded() -> None:
     s = splan(internal=(ep("10.244.1.2", node_name=NODE), ep("10.244.2.2", node_name="b")))
     sets = desired_state(node_plan(s)).sets

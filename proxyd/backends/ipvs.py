@@ -9,11 +9,12 @@ service IP is unbound only after its virtual server is gone).
 What proxyd owns. The kernel keeps no owner tag on a virtual server, so ownership is read
 from state only proxyd writes: a virtual server is proxyd's when its address is bound on
 proxyd's interface (default ``proxyd-ipvs0``; cluster, external and LB IPs), or when its
-port is in one of proxyd's NodePort sets (``PROXYD-NODE-PORT-*``; NodePorts live on node
-addresses). Anything else — another proxy's, an operator's — is never modified or
-deleted, and this survives restarts because the markers are in the kernel. Set members
-are added before the virtual server and removed after it, so a crash in between never
-leaves an unrecognisable virtual server behind.
+port (SCTP: address and port) is in one of proxyd's NodePort sets (``PROXYD-NODE-PORT-*``,
+``PROXYD-6-NODE-PORT-*``; NodePorts live on node addresses). Anything else — another
+proxy's, an operator's — is never modified or deleted, and this survives restarts because
+the markers are in the kernel. Set members are added before the virtual server and
+removed after it, so a crash in between never leaves an unrecognisable virtual server
+behind.
 
 Graceful termination. A real server that leaves the plan gets weight 0 (no new
 connections) and is deleted once it has no active connections, or after ``drain_timeout``
@@ -52,6 +53,7 @@ from proxyd.backends.ipvs_plan import (
     fragment,
     jumps,
     node_port_addresses,
+    node_port_member,
     parse_scheduler,
     restore_text,
     set_specs,
@@ -261,7 +263,8 @@ def owned(
     given another proxy's ``node_port_sets`` (and its interface's ``addresses``), that
     proxy's; ``local`` limits NodePort matches to these addresses (``None``: any). A
     NodePort set member is a port (``bitmap:port``) or an address and port in ipset's
-    spelling (``hash:ip,port``: kube-proxy's SCTP sets hold ``<node IP>,sctp:<port>``)."""
+    spelling (``hash:ip,port``: proxyd's and kube-proxy's SCTP sets hold
+    ``<node IP>,sctp:<port>``)."""
     if key.address in addresses:
         return True
     if local is not None and key.address not in local:
@@ -692,7 +695,9 @@ class IpvsBackend:
         # a virtual server whose delete was refused keeps the markers that make it proxyd's
         kept = [e.op.key for e in errors if isinstance(e.op, DelService)]
         markers = {DelAddress(k.address) for k in kept} | {
-            DelMember(name, str(k.port)) for k in kept for name in NODE_PORT_SETS[k.protocol]
+            DelMember(name, node_port_member(k))
+            for k in kept
+            for name in NODE_PORT_SETS[k.protocol]
         }
         errors += self._client.apply([op for op in changes.after if op not in markers])
         return errors, tuple(fallbacks)

@@ -62,6 +62,7 @@ __all__ = [
     "jumps",
     "listing",
     "node_port_addresses",
+    "node_port_member",
     "parse_scheduler",
     "restore_text",
     "set_specs",
@@ -197,22 +198,48 @@ _IP_SETS = (  # (base name, type, what it holds) — one per family
     ("NO-ENDPOINTS", "hash:ip,port", "service address without endpoints: reject"),
     ("NO-LOCAL-ENDPOINTS", "hash:ip,port", "externalTrafficPolicy Local, none here: drop"),
 )
-#: Port bitmaps of NodePorts per protocol (``-LOCAL``: externalTrafficPolicy Local).
-NODE_PORT_SETS: Mapping[Protocol, tuple[str, str]] = {
-    p: (f"PROXYD-NODE-PORT-{p}", f"PROXYD-NODE-PORT-LOCAL-{p}") for p in Protocol
+#: NodePorts of these protocols live in port bitmaps shared by both families. The kernel
+#: reads the port of TCP and UDP packets only for a bitmap:port set, so an SCTP NodePort
+#: lives in a hash:ip,port set of node address and port per family (as kube-proxy's do).
+_PORT_BITMAP = frozenset({Protocol.TCP, Protocol.UDP})
+
+
+def _node_port_set(proto: Protocol, family: IPFamily, *, local: bool) -> str:
+    """The set of a ``proto`` NodePort on a ``family`` address (``local``: eTP Local)."""
+    base = f"NODE-PORT-{'LOCAL-' if local else ''}{proto}"
+    return f"PROXYD-{base}" if proto in _PORT_BITMAP else _set_name(base, family)
+
+
+#: Every NodePort set of each protocol (a virtual server in one of them is proxyd's).
+NODE_PORT_SETS: Mapping[Protocol, tuple[str, ...]] = {
+    p: tuple(sorted({_node_port_set(p, f, local=lo) for f in IPFamily for lo in (False, True)}))
+    for p in Protocol
 }
+
+
+def node_port_member(key: VsKey) -> str:
+    """A NodePort virtual server's member of its set: the port, or for SCTP its address
+    and port in ipset's spelling."""
+    return (
+        str(key.port)
+        if key.protocol in _PORT_BITMAP
+        else _entry(key.address, key.protocol, key.port)
+    )
 
 
 def set_specs() -> tuple[SetSpec, ...]:
     """Every ipset IPVS mode uses, sorted by name."""
-    specs = [
+    specs = {
         SetSpec(_set_name(base, fam), kind, fam, what)
         for fam in IPFamily
         for base, kind, what in _IP_SETS
-    ]
-    for proto, (cluster, local) in NODE_PORT_SETS.items():
-        specs.append(SetSpec(cluster, "bitmap:port", None, f"{proto} node ports"))
-        specs.append(SetSpec(local, "bitmap:port", None, f"{proto} node ports, eTP Local"))
+    }
+    for p in Protocol:
+        for local in (False, True):
+            what = f"{p} node ports{', eTP Local' if local else ''}"
+            for fam in IPFamily:
+                kind, of = ("bitmap:port", None) if p in _PORT_BITMAP else ("hash:ip,port", fam)
+                specs.add(SetSpec(_node_port_set(p, fam, local=local), kind, of, what))
     return tuple(sorted(specs, key=lambda s: s.name))
 
 
@@ -367,10 +394,11 @@ def fragment(
                         (key, _set_name("LB-SOURCE-CIDR", fam), f"{entry},{net}") for net in nets
                     ]
     if port.node_port is not None:
-        cluster, local_set = NODE_PORT_SETS[proto]
         for ip in node_addresses:
             key = add(ip, port.node_port, external=True)
-            needs.append((key, local_set if local else cluster, str(port.node_port)))
+            needs.append(
+                (key, _node_port_set(proto, key.family, local=local), node_port_member(key))
+            )
     return Fragment(sp.key, tuple(services), tuple(needs), tuple(warnings))
 
 
@@ -468,6 +496,13 @@ def _c(text: str) -> str:
     return f"-m comment --comment {escape_comment(text)}"
 
 
+def _node_port_match(proto: Protocol, family: IPFamily, *, local: bool) -> str:
+    """Matches a NodePort's set: by destination port, SCTP by destination address and port."""
+    dims = "dst" if proto in _PORT_BITMAP else "dst,dst"
+    name = _node_port_set(proto, family, local=local)
+    return f"-p {proto.lower()} -m set --match-set {name} {dims}"
+
+
 _NEW = "-m conntrack --ctstate NEW"
 
 
@@ -512,9 +547,9 @@ def restore_text(family: IPFamily, options: IpvsOptions, missing: Iterable[Jump]
         f"-A {FIREWALL} {_c('load balancer source ranges')} -m set --match-set {s['LB-FW']} "
         f"dst,dst -m set ! --match-set {s['LB-SOURCE-CIDR']} dst,dst,src -j DROP",
         *(
-            f"-A {NODE_PORT} -p {p.lower()} -m set --match-set {sets[i]} dst -j ACCEPT"
-            for p, sets in NODE_PORT_SETS.items()
-            for i in (0, 1)
+            f"-A {NODE_PORT} {_node_port_match(p, family, local=local)} -j ACCEPT"
+            for p in Protocol
+            for local in (False, True)
         ),
         f"-A {FORWARD} -m conntrack --ctstate INVALID -j DROP",
         f"-A {FORWARD} {_c('proxyd forwarding rules')} -m mark --mark {m}/{m} -j ACCEPT",
@@ -532,10 +567,10 @@ def restore_text(family: IPFamily, options: IpvsOptions, missing: Iterable[Jump]
         f"-A {SERVICES} -m addrtype --dst-type LOCAL -j {NODE_PORT}",
         *(
             line
-            for p, (cluster, local) in NODE_PORT_SETS.items()
+            for p in Protocol
             for line in (
-                f"-A {NODE_PORT} -p {p.lower()} -m set --match-set {local} dst -j RETURN",
-                f"-A {NODE_PORT} -p {p.lower()} -m set --match-set {cluster} dst -j {MARK_MASQ}",
+                f"-A {NODE_PORT} {_node_port_match(p, family, local=True)} -j RETURN",
+                f"-A {NODE_PORT} {_node_port_match(p, family, local=False)} -j {MARK_MASQ}",
             )
         ),
         f"-A {MARK_MASQ} -j MARK --or-mark {m}",

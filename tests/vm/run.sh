@@ -73,9 +73,10 @@ fi
 echo "$kver" > "$cache/KVER"
 
 # --- initramfs: busybox, modules in dependency order, an init that chroots into the host fs --
-# IPVS and schedulers, devices for the test topology, 9p, and what proxyd's iptables
-# rules and ipsets need (nft and legacy), so nothing is loaded on demand later.
-modules="virtio_pci 9pnet_virtio 9p veth dummy bridge
+# IPVS and schedulers, devices for the test topology (sctp: the pods' SCTP servers), 9p,
+# and what proxyd's iptables rules and ipsets need (nft and legacy), so nothing is loaded
+# on demand later.
+modules="virtio_pci 9pnet_virtio 9p veth dummy bridge sctp
   ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_lblc ip_vs_lblcr ip_vs_dh ip_vs_sh
   ip_vs_sed ip_vs_nq ip_vs_mh
   nf_conntrack nf_conntrack_netlink nf_nat nf_tables nft_compat nft_chain_nat nft_ct nft_reject_inet

@@ -8,11 +8,11 @@ Dual-stack: every link also has an IPv6 address (``PODS6``, ``CLIENTS6``: the sa
 digits under fd00:10:244:1::/64 and fd00:10:255:N::/64) and the node forwards IPv6, as a
 dual-stack node's network setup does (proxyd writes only IPv4's ``ip_forward``).
 
-Every pod serves TCP and UDP on 8080 (both families) from threads of *this* process
+Every pod serves TCP, UDP and SCTP on 8080 (both families) from threads of *this* process
 (sockets are opened inside the pod's namespace with setns, then served from here): under
-TCG each extra Python process costs seconds. A TCP server greets each connection with
-``<pod> <peer-ip>\\n`` and then echoes; UDP answers each datagram the same way. The peer
-IP shows whether the node masqueraded the client.
+TCG each extra Python process costs seconds. A TCP (and an SCTP, one-to-one style) server
+greets each connection with ``<pod> <peer-ip>\\n`` and then echoes; UDP answers each
+datagram the same way. The peer IP shows whether the node masqueraded the client.
 """
 
 from __future__ import annotations
@@ -95,9 +95,13 @@ class _Servers:
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             tcp.bind((ip, PORT))
             tcp.listen(128)
+            sctp = socket.socket(_family(ip), socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+            sctp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sctp.bind((ip, PORT))
+            sctp.listen(128)
             udp = socket.socket(_family(ip), socket.SOCK_DGRAM)
             udp.bind((ip, PORT))
-        for s in (tcp, udp):
+        for s in (tcp, sctp, udp):
             s.setblocking(False)
             self._sel.register(s, selectors.EVENT_READ, (pod, s.type))
 
@@ -145,8 +149,8 @@ class _Servers:
 
 @dataclass
 class Conn:
-    """An open TCP connection through a service; ``pod`` served it, ``peer`` is the
-    client address that pod saw."""
+    """An open TCP (or SCTP) connection through a service; ``pod`` served it, ``peer`` is
+    the client address that pod saw."""
 
     sock: socket.socket
     pod: str
@@ -161,11 +165,18 @@ class Conn:
 
 
 def connect(
-    client: str, ip: str, port: int, *, source: str | None = None, timeout: float = 5.0
+    client: str,
+    ip: str,
+    port: int,
+    *,
+    source: str | None = None,
+    timeout: float = 5.0,
+    sctp: bool = False,
 ) -> Conn:
-    """Open a TCP connection from namespace ``client`` and read the pod's greeting."""
+    """Open a TCP (``sctp``: SCTP) connection from namespace ``client`` and read the pod's
+    greeting."""
     with netns(client):
-        sock = socket.socket(_family(ip), socket.SOCK_STREAM)
+        sock = socket.socket(_family(ip), socket.SOCK_STREAM, socket.IPPROTO_SCTP if sctp else 0)
     sock.settimeout(timeout)
     if source is not None:
         sock.bind((source, 0))

@@ -266,6 +266,44 @@ def test_node_port_masquerades_and_local_policy_keeps_the_client_address(
         c.close()
 
 
+def test_sctp_node_port_masquerades_and_local_policy_keeps_the_client_address(
+    backend: IpvsBackend,
+) -> None:
+    """The kernel finds no port in an SCTP packet for a ``bitmap:port`` set (only TCP and
+    UDP), so SCTP NodePorts need a ``hash:ip,port`` set, or the masquerade rule never fires
+    and the pod sees the client."""
+    client = CLIENTS["c1"][0]
+    sync(
+        backend,
+        plan(
+            service("np", VIP, node_port=30082, protocol="SCTP"),
+            service(
+                "local",
+                "10.96.0.11",
+                node_port=30083,
+                protocol="SCTP",
+                externalTrafficPolicy="Local",
+            ),
+        ),
+        full=True,
+    )
+    direct = connect("c1", VIP, 80, source=client, sctp=True)  # SCTP through IPVS at all
+    assert direct.peer == client and direct.echo(b"sctp") == b"sctp"
+    direct.close()
+    cluster = connect("c1", NODE_IPS[0], 30082, source=client, sctp=True)
+    cluster.close()
+    counters = subprocess.run(
+        ["iptables-nft", "-t", "nat", "-nvL", "PROXYD-IPVS-NODE-PORT"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert cluster.peer == "10.244.1.1", counters  # masqueraded to the node's pod-side address
+    local = [connect("c1", NODE_IPS[0], 30083, source=client, sctp=True) for _ in range(3)]
+    assert {(c.pod, c.peer) for c in local} == {("p1", client)}  # only p1 is on node-a
+    for c in local:
+        c.close()
+
+
 def test_external_ip_reaches_external_endpoints(backend: IpvsBackend) -> None:
     sync(
         backend,
