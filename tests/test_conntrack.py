@@ -49,6 +49,19 @@ def test_endpoint_leaving_the_short_circuit_set_deletes_its_flows() -> None:
     assert StaleFlow(V4, "192.0.2.53", 53, B.ip) in flows([local_only], [without_b(DNS)])
 
 
+def test_a_destination_the_port_loses_drops_its_flows_even_to_kept_endpoints() -> None:
+    """A Service recreated with a new cluster IP over the same pods: the old address may
+    go to another service, so entries to it must not keep steering clients here."""
+    moved = replace(DNS, port=replace(DNS.port, cluster_ips=("10.96.0.54", "fd00:10:96::53"),
+                                      node_port=30054))
+    assert flows([DNS], [moved]) == {
+        StaleFlow(V4, "10.96.0.53", 53, A.ip),
+        StaleFlow(V4, "10.96.0.53", 53, B.ip),
+        StaleFlow(V4, None, 30053, A.ip),
+        StaleFlow(V4, None, 30053, B.ip),
+    }
+
+
 def test_service_losing_all_endpoints_deletes_flows_to_each_of_them() -> None:
     empty = replace(DNS, internal=(), external=())
     assert {f.reply_src for f in flows([DNS], [empty])} == {A.ip, B.ip}

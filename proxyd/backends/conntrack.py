@@ -6,7 +6,11 @@ entry times out. So when a UDP endpoint leaves a service port (including when th
 loses its last endpoint), the entries that service's addresses DNATed to it are deleted.
 When a UDP service port gets endpoints after having none, entries to its addresses that
 were *not* DNATed (reply source = the service address) are deleted too, so early
-packets that created a plain entry do not pin the flow to nowhere.
+packets that created a plain entry do not pin the flow to nowhere. When a port loses a
+destination (a cluster IP, external or LB IP, or its NodePort changes, e.g. a Service
+recreated with a new cluster IP over the same pods), the entries to that destination are
+deleted too, as kube-proxy does for a deleted service: the address may be given to another
+service, whose clients must not stay pinned to these endpoints.
 
 Never a flush: every deletion names a service address or node port and the address
 that answers. Deciding is pure (:func:`stale_udp_flows`); :class:`ConntrackCleaner` runs
@@ -54,6 +58,16 @@ def _service_ips(sp: ServicePlan) -> tuple[str, ...]:
     return (*port.cluster_ips, *port.external_ips, *port.load_balancer_ips)
 
 
+def _destinations(sp: ServicePlan | None) -> frozenset[tuple[str | None, int]]:
+    """Where clients send the port's traffic: (service address, port), (None, nodePort)."""
+    if sp is None:
+        return frozenset()
+    pairs: set[tuple[str | None, int]] = {(ip, sp.port.port) for ip in _service_ips(sp)}
+    if sp.port.node_port:
+        pairs.add((None, sp.port.node_port))
+    return frozenset(pairs)
+
+
 def stale_udp_flows(
     previous: Mapping[ServicePortKey, ServicePlan],
     current: Mapping[ServicePortKey, ServicePlan],
@@ -67,14 +81,15 @@ def stale_udp_flows(
             continue
         old, new = previous.get(key), current.get(key)
         old_ips, new_ips = _endpoint_ips(old), _endpoint_ips(new)
-        if old is not None:
-            for ep_ip in old_ips - new_ips:
-                family = ip_family(ep_ip)
-                for ip in _service_ips(old):
-                    if ip_family(ip) is family:
-                        flows.add(StaleFlow(family, ip, old.port.port, ep_ip))
-                if old.port.node_port:
-                    flows.add(StaleFlow(family, None, old.port.node_port, ep_ip))
+        # An endpoint that left: its flows to every old destination. One that stayed: its
+        # flows to destinations the port no longer has (an address reassigned later
+        # must not keep steering clients here).
+        gone = _destinations(old) - _destinations(new)
+        for ep_ip in old_ips:
+            family = ip_family(ep_ip)
+            for ip, port in gone if ep_ip in new_ips else _destinations(old):
+                if ip is None or ip_family(ip) is family:
+                    flows.add(StaleFlow(family, ip, port, ep_ip))
         if new is not None and new_ips and not old_ips:
             for ip in _service_ips(new):
                 flows.add(StaleFlow(ip_family(ip), ip, new.port.port, ip))
