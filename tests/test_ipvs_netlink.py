@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import errno
+import socket
 import struct
 
 import pytest
 
 from proxyd.backends import ipvs_netlink as nl
-from proxyd.backends.ipvs import AddDest, AddService
-from proxyd.backends.ipvs_plan import RealServer, VirtualServer, VsKey
-from proxyd.model import Protocol
+from proxyd.backends.ipvs import AddDest, AddMember, AddService
+from proxyd.backends.ipvs_plan import RealServer, SetSpec, VirtualServer, VsKey
+from proxyd.model import IPFamily, Protocol
 
 
 class FakeKernelSocket:
@@ -76,3 +77,22 @@ def test_virtual_and_real_servers_round_trip_through_the_wire_format() -> None:
     dest = nl._ipvs_request(AddDest(key, RealServer("fd00::2", 8080, 0)))
     parsed = nl._parse_dest(dest, 2)
     assert (parsed.address, parsed.port, parsed.weight, parsed.masq) == ("fd00::2", 8080, 0, True)
+
+
+@pytest.mark.parametrize(
+    ("family", "member", "wire"),
+    [
+        (IPFamily.IPV4, "10.0.0.1,sctp:30080", socket.AF_INET),
+        (IPFamily.IPV6, "fd00::1,sctp:30080", socket.AF_INET6),
+        (None, "30080", socket.AF_INET),
+    ],
+)
+def test_set_member_messages_carry_the_sets_family(
+    family: IPFamily | None, member: str, wire: int
+) -> None:
+    """Not guessed from the member: an IPv4 ``addr,sctp:port`` holds a colon too."""
+    client = object.__new__(nl.NetlinkIpvsClient)
+    kind = "bitmap:port" if family is None else "hash:ip,port"
+    client._sets = {"S": SetSpec("S", kind, family, "")}
+    _, _, payload = client._request(AddMember("S", member))
+    assert payload[0] == wire

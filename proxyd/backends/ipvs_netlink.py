@@ -38,7 +38,7 @@ from proxyd.backends.ipvs import (
 from proxyd.backends.ipvs_plan import SCHED_FLAGS, RealServer, SetSpec, VirtualServer, VsKey
 from proxyd.backends.sysctl import ProcSysctls
 from proxyd.errors import BackendError
-from proxyd.model import Protocol
+from proxyd.model import IPFamily, Protocol
 
 __all__ = [
     "NetlinkIpvsClient",
@@ -101,6 +101,12 @@ def _u32(b: bytes) -> int:
 
 def _family(address: str) -> int:
     return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _set_family(spec: SetSpec) -> int:
+    """The netfilter family of a set's messages: its own (port bitmaps serve both: inet).
+    Not read from a member: ``10.0.0.1,sctp:30080`` holds a colon too."""
+    return socket.AF_INET6 if spec.family is IPFamily.IPV6 else socket.AF_INET
 
 
 def _ip_bytes(address: str) -> bytes:
@@ -489,9 +495,7 @@ class NetlinkIpvsClient:
         try:
             with IPSet() as ipset:
                 for s in sets:
-                    family = (
-                        socket.AF_INET6 if s.family and s.family.value == "IPv6" else socket.AF_INET
-                    )
+                    family = _set_family(s)
                     extra = (
                         {"bitmap_ports_range": (0, 65535)}
                         if s.kind == "bitmap:port"
@@ -598,8 +602,7 @@ class NetlinkIpvsClient:
                 spec = self._sets[name]
                 cmd = _IPSET_ADD if isinstance(op, AddMember) else _IPSET_DEL
                 data = _nested(_S_DATA, _member_data(spec.kind, member))
-                family = socket.AF_INET6 if ":" in member else socket.AF_INET
-                return _IPSET_SUBSYS | cmd, 0, _nfgen(family, _ipset_header(name), data)
+                return _IPSET_SUBSYS | cmd, 0, _nfgen(_set_family(spec), _ipset_header(name), data)
         return self._ipvs_family, 0, _ipvs_request(op)
 
     def _send(self, sock: _Socket | None, ops: Sequence[Op]) -> list[OpError]:
