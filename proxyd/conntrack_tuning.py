@@ -31,6 +31,7 @@ __all__ = [
     "HASHSIZE",
     "MAX",
     "MAX_SCALED_LIMIT",
+    "WARNING_REASON",
     "Applied",
     "FileReader",
     "Reader",
@@ -42,6 +43,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("proxyd.conntrack_tuning")
+#: reason label of a setting that could not be written (log lines and ``proxyd_warnings``)
+WARNING_REASON = "ConntrackTuning"
 
 # Keys are paths below "/", so one Sysctls rooted there reaches /proc/sys and /sys alike.
 _NETFILTER = "proc/sys/net/netfilter/"
@@ -175,5 +178,5 @@ def tune_at_start(cfg: Config) -> Applied:
     if applied.ensured:
         log.info("conntrack tuned", extra=kv(**{w.sysctl: w.value for w in applied.ensured}))
     for warning in applied.warnings:
-        log.warning("%s", warning, extra=kv(reason="ConntrackTuning"))
+        log.warning("%s", warning, extra=kv(reason=WARNING_REASON))
     return applied

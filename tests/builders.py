@@ -383,6 +383,7 @@ def new_syncer(
     node_name: str = "n1",
     retry_after: Callable[[float], None] | None = None,
     registry: CollectorRegistry | None = None,
+    standing_warnings: Sequence[str] = (),
 ) -> Syncer:
     """The daemon's Syncer with kube-proxy's default periods (30 s sync, 1 s first retry)
     on ``clock``; ``retry_after`` receives the retry delays (default: dropped)."""
@@ -404,4 +405,5 @@ def new_syncer(
         health=ProxyHealth(clock, 60.0),
         backoff=Backoff(1.0, 30.0),
         retry_after=retry_after if retry_after is not None else (lambda _: None),
+        standing_warnings=standing_warnings,
     )

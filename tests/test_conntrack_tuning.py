@@ -33,6 +33,7 @@ from proxyd.conntrack_tuning import (
     decide,
 )
 from proxyd.errors import BackendError
+from proxyd.sources import kube
 from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,22 +208,29 @@ class Started(Exception):
 def test_the_daemon_tunes_at_start_and_a_failure_does_not_stop_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The start goes on after a failed tuning, and the daemon keeps the failure as a
+    standing warning (``proxyd_warnings{reason="ConntrackTuning"}``)."""
     seen: list[Config] = []
+    standing: list[Any] = []
 
     def tune(config: Config) -> Applied:
         seen.append(config)
         return Applied((), ("conntrack: cannot set net.netfilter.nf_conntrack_max=1",))
 
-    def make_backend(config: Config) -> Any:
-        raise Started  # reached: the start went on after the failed tuning
+    def daemon(*args: Any, standing_warnings: Any = (), **kwargs: Any) -> Any:
+        standing.append(list(standing_warnings))
+        raise Started
 
     monkeypatch.setattr(conntrack_tuning, "tune_at_start", tune)
-    monkeypatch.setattr(run, "make_backend", make_backend)
+    monkeypatch.setattr(run, "make_backend", lambda config: (None, False))
+    monkeypatch.setattr(run, "Daemon", daemon)
+    monkeypatch.setattr(kube, "api_client", lambda kubeconfig: None)
     monkeypatch.setattr(run, "setup", lambda *a: None)
     args = build_parser().parse_args(["run", "--node-name", "n", "--conntrack-min", "5"])
     with pytest.raises(Started):
         args.handler(args)
     assert [c.conntrack_min for c in seen] == [5]
+    assert standing == [[conntrack_tuning.WARNING_REASON]]
 
 
 # --- the real kernel, in a network namespace of the test -------------------------------------

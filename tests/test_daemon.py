@@ -329,6 +329,17 @@ class CrashingBackend(FakeBackend):
         return super().sync(plan, full=full)
 
 
+def test_standing_warnings_stay_in_the_warnings_gauge_across_syncs() -> None:
+    registry = CollectorRegistry()
+    state = ClusterState()
+    s = new_syncer(state, FakeBackend(), ManualClock(), registry=registry,
+                   standing_warnings=("ConntrackTuning", "ConntrackTuning"))
+    state.set_service(svc("web"))
+    s.sync()
+    s.sync()
+    assert registry.get_sample_value("proxyd_warnings", {"reason": "ConntrackTuning"}) == 2
+
+
 def test_a_crashing_sync_is_a_failed_sync_retried_not_the_end_of_the_daemon() -> None:
     clock, backend, retries = ManualClock(), CrashingBackend(crashes=1), []
     registry = CollectorRegistry()

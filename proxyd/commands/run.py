@@ -21,7 +21,7 @@ import math
 import os
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from proxyd.backends import Backend, SyncResult
@@ -156,16 +156,18 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[
 
 
 def _run(args: argparse.Namespace) -> int:
-    from proxyd.conntrack_tuning import tune_at_start
+    from proxyd.conntrack_tuning import WARNING_REASON, tune_at_start
     from proxyd.sources.kube import api_client
 
     cfg, notes = config_from_args(args, os.environ)
     setup(cfg.log_format, cfg.log_level)
     for note in notes:
         log.warning(note)
-    tune_at_start(cfg)  # as kube-proxy, before any rule; a failure is only a warning
+    # as kube-proxy, before any rule; a failure is only a warning, kept in proxyd_warnings
+    tuning = tune_at_start(cfg)
     backend, cold = make_backend(cfg)
-    daemon = Daemon(cfg, backend, client=api_client(cfg.kubeconfig), cold=cold)
+    daemon = Daemon(cfg, backend, client=api_client(cfg.kubeconfig), cold=cold,
+                    standing_warnings=[WARNING_REASON] * len(tuning.warnings))
     _relax_gc_until(daemon.syncer.synced_once)
     shutdown = Shutdown(daemon)
     signal.signal(signal.SIGTERM, shutdown.on_signal)
@@ -303,6 +305,7 @@ class Syncer:
         retry_after: Callable[[float], None],
         service_health: ServiceHealthServers | None = None,
         events: EventRecorder | None = None,
+        standing_warnings: Sequence[str] = (),
     ) -> None:
         self._state = state
         self._backend = backend
@@ -323,6 +326,8 @@ class Syncer:
         self._node: NodeInfo | None = None
         self._triggers: dict[ServiceRef, float] = {}
         self._unattributed: set[tuple[str, str]] = set()
+        # reasons of problems found at start that no sync clears (conntrack tuning)
+        self._standing_warnings = tuple(standing_warnings)
         self.synced_once = threading.Event()
         self.busy = False
         """True while a sync (or the cold-start priming) is talking to the backend."""
@@ -439,7 +444,8 @@ class Syncer:
         and one log line per configuration problem when the set of them changes."""
         about_services, unattributed = backend_warnings(result.warnings)
         warnings = [*plan_warnings(plan), *about_services]
-        self._metrics.set_warnings([w.reason for w in warnings] + [r for r, _ in unattributed])
+        self._metrics.set_warnings([w.reason for w in warnings] + [r for r, _ in unattributed]
+                                   + list(self._standing_warnings))
         if self._events is not None:
             self._events.record(warnings)
         if set(unattributed) != self._unattributed:
@@ -488,6 +494,7 @@ class Daemon:
         cold: bool = False,
         informer_options: InformerOptions | None = None,
         notifier: SystemdNotifier | None = None,
+        standing_warnings: Sequence[str] = (),
     ) -> None:
         from proxyd.events import KubeEventSink
         from proxyd.metrics import Metrics
@@ -514,6 +521,7 @@ class Daemon:
             metrics=self.metrics, health=self.health, backoff=self._backoff,
             retry_after=lambda s: self.runner.retry_after(s),
             service_health=self.service_health, events=self.events,
+            standing_warnings=standing_warnings,
         )
         self.runner = BoundedFrequencyRunner(
             self.syncer.sync, min_interval=cfg.min_sync_period, max_interval=cfg.sync_period,
