@@ -362,11 +362,8 @@ class IptablesBackend:
         after = self._states.get(self._families[0])
         if self._conntrack is None or before is None or after is None or keys == set():
             return ""
-        if keys is None:
-            old = {k: entry[0] for k, entry in before.services.items()}
-            new = {k: entry[0] for k, entry in after.services.items()}
-        else:
-            old = {k: before.services[k][0] for k in keys if k in before.services}
-            new = {k: after.services[k][0] for k in keys if k in after.services}
-        errors = self._conntrack.delete(stale_udp_flows(old, new, keys))
+        wanted = before.services.keys() | after.services.keys() if keys is None else keys
+        old = {k: before.services[k][0] for k in wanted if k in before.services}
+        new = {k: after.services[k][0] for k in wanted if k in after.services}
+        errors = self._conntrack.delete(stale_udp_flows(old, new))
         return "\n".join(f"conntrack: {e}" for e in errors)

@@ -478,11 +478,9 @@ def render_service(
             # Sources of the other family only: nothing admitted, everything dropped.
             chains.append(fw)
             ranges = _of(port.load_balancer_source_ranges, v6)
-            for cidr in ranges:
-                rules.append(f"-A {fw} {_comment(f'{label} loadbalancer IP')} -s {cidr} -j {ext}")
-            if _admits_node(ranges, node_ips):
-                for ip in lb_ips:
-                    rules.append(f"-A {fw} {_comment(f'{label} loadbalancer IP')} -s {ip} -j {ext}")
+            sources = (*ranges, *(lb_ips if _admits_node(ranges, node_ips) else ()))
+            for source in sources:
+                rules.append(f"-A {fw} {_comment(f'{label} loadbalancer IP')} -s {source} -j {ext}")
             for ip in lb_ips:
                 sh["filter_firewall"].append(
                     f"-A {FIREWALL} {_comment(f'{label} traffic not accepted by {fw}')}"

@@ -261,19 +261,16 @@ def owned(
 ) -> bool:
     """Whether a virtual server in the kernel is proxyd's (see the module docstring), or,
     given another proxy's ``node_port_sets`` (and its interface's ``addresses``), that
-    proxy's; ``local`` limits NodePort matches to these addresses (``None``: any). A
-    NodePort set member is a port (``bitmap:port``) or an address and port in ipset's
-    spelling (``hash:ip,port``: proxyd's and kube-proxy's SCTP sets hold
-    ``<node IP>,sctp:<port>``)."""
+    proxy's; ``local`` limits NodePort matches to these addresses (``None``: any). The
+    member looked for is :func:`~proxyd.backends.ipvs_plan.node_port_member`'s: the port,
+    or for SCTP ``<node IP>,sctp:<port>`` (kube-proxy's sets are laid out the same way)."""
     if key.address in addresses:
         return True
     if local is not None and key.address not in local:
         return False
-    spellings = (str(key.port), f"{key.address},{key.protocol.lower()}:{key.port}")
+    member = node_port_member(key)
     return any(
-        m in members.get(name, frozenset())
-        for name in node_port_sets.get(key.protocol, ())
-        for m in spellings
+        member in members.get(name, frozenset()) for name in node_port_sets.get(key.protocol, ())
     )
 
 
